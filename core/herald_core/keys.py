@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -69,6 +70,14 @@ def jws_algorithm(key: PrivateKey | PublicKey) -> str:
     return "RS256"
 
 
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+    """The digest Go's x509 (so SPIRE) pairs with a signing key: SHA-384 for P-384, else SHA-256.
+
+    Raises UnsupportedKeyError for a key herald does not accept.
+    """
+    return hashes.SHA384() if key_type_of(key) is KeyType.EC_P384 else hashes.SHA256()
+
+
 def private_key_to_der(key: PrivateKey) -> bytes:
     """Unencrypted PKCS#8 DER, the encoding the Workload API requires for ``x509_svid_key``."""
     return key.private_bytes(
@@ -93,7 +102,7 @@ def load_private_key(data: bytes) -> PrivateKey:
             key = serialization.load_pem_private_key(data, password=None)
         else:
             key = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UnsupportedKeyError(f"cannot parse private key: {exc}") from exc
     key_type_of(key)
     assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
@@ -110,7 +119,7 @@ def public_key_to_der(key: PublicKey) -> bytes:
 def load_public_key_der(data: bytes) -> PublicKey:
     try:
         key = serialization.load_der_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UnsupportedKeyError(f"cannot parse public key: {exc}") from exc
     key_type_of(key)
     assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)

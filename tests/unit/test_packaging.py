@@ -61,7 +61,7 @@ def test_installed_wheel_imports_every_package(wheel: Path, tmp_path: Path) -> N
     )
     code = (
         "import importlib, sys\n"
-        f"mods = {PACKAGES + ['herald_core.proto.spiffe.workload.workload_pb2']!r}\n"
+        f"mods = {[*PACKAGES, 'herald_core.proto.spiffe.workload.workload_pb2']!r}\n"
         "for m in mods + ['herald_server.cli', 'herald_agent.cli', 'herald_operator.cli']:\n"
         "    mod = importlib.import_module(m)\n"
         f"    assert mod.__file__.startswith({str(target)!r}), (m, mod.__file__)\n"
