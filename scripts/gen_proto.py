@@ -4,8 +4,9 @@ This is the only way the code under core/herald_core/proto/ is produced; never e
 by hand. For every proto/<path>/<name>.proto it writes
 
     core/herald_core/proto/<path>/<name>_pb2.py        messages
-    core/herald_core/proto/<path>/<name>_pb2.pyi       type stubs
+    core/herald_core/proto/<path>/<name>_pb2.pyi       message type stubs (mypy-protobuf)
     core/herald_core/proto/<path>/<name>_pb2_grpc.py   service stubs and servicers
+    core/herald_core/proto/<path>/<name>_pb2_grpc.pyi  their type stubs, grpc.aio included
 
 plus an __init__.py in every package directory. protoc emits imports relative to the
 proto root (``from spiffe.workload import workload_pb2``), which would resolve to
@@ -69,12 +70,17 @@ def run_protoc(protos: list[Path], out: Path) -> None:
         sys.exit("gen_proto: grpcio-tools is not installed (pip install -e '.[dev]')")
 
     well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    # mypy-protobuf's plugins sit next to the interpreter running this script.
+    plugins = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"-I{well_known}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         f"--grpc_python_out={out}",
         *(str(p) for p in protos),
     ]

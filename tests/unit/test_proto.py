@@ -19,7 +19,9 @@ import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
+from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,11 +119,20 @@ WORKLOAD_METHODS: dict[str, tuple[str, str, bool]] = {
 }
 
 AGENT_METHODS: dict[str, tuple[str, str, bool]] = {
-    "AttestAgent": ("AttestAgentRequest", "AttestAgentResponse", False),
     "RenewAgent": ("RenewAgentRequest", "RenewAgentResponse", False),
     "SyncEntries": ("SyncEntriesRequest", "SyncEntriesResponse", True),
     "BatchSignX509SVID": ("BatchSignX509SVIDRequest", "BatchSignX509SVIDResponse", False),
     "SignJWTSVID": ("SignJWTSVIDRequest", "SignJWTSVIDResponse", False),
+    "GetBundle": ("GetBundleRequest", "GetBundleResponse", False),
+}
+
+ADMIN_METHODS = {
+    "CreateEntry": ("CreateEntryRequest", "Entry", False),
+    "UpdateEntry": ("UpdateEntryRequest", "Entry", False),
+    "GetEntry": ("GetEntryRequest", "Entry", False),
+    "ListEntries": ("ListEntriesRequest", "ListEntriesResponse", False),
+    "DeleteEntry": ("DeleteEntryRequest", "DeleteEntryResponse", False),
+    "CreateJoinToken": ("CreateJoinTokenRequest", "JoinToken", False),
     "GetBundle": ("GetBundleRequest", "GetBundleResponse", False),
 }
 
@@ -251,22 +262,37 @@ def test_validate_jwt_svid_response_claims() -> None:
 # --------------------------------------------------------------------------- (d)
 
 
-def test_agent_api_service() -> None:
-    assert agent_pb2.DESCRIPTOR.package == "herald.agent.v1"
-    service = agent_pb2.DESCRIPTOR.services_by_name["AgentAPI"]
-    assert service.full_name == "herald.agent.v1.AgentAPI"
+@pytest.mark.parametrize(
+    ("module", "grpc_module", "service_name", "methods"),
+    [
+        (agent_pb2, agent_pb2_grpc, "AgentAPI", AGENT_METHODS),
+        (
+            agent_pb2,
+            agent_pb2_grpc,
+            "NodeAttestation",
+            {"AttestAgent": ("AttestAgentRequest", "AttestAgentResponse", False)},
+        ),
+        (admin_pb2, admin_pb2_grpc, "AdminAPI", ADMIN_METHODS),
+    ],
+)
+def test_herald_services(
+    module: Any, grpc_module: Any, service_name: str, methods: dict[str, tuple[str, str, bool]]
+) -> None:
+    package = module.DESCRIPTOR.package
+    assert package.startswith("herald.") and package.endswith(".v1")
+    service = module.DESCRIPTOR.services_by_name[service_name]
+    assert service.full_name == f"{package}.{service_name}"
     actual = {
         m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in service.methods
     }
-    assert actual == AGENT_METHODS
+    assert actual == methods
     assert not any(m.client_streaming for m in service.methods)
 
     channel = _RecordingChannel()
-    stub: Any = agent_pb2_grpc.AgentAPIStub  # the generated _grpc code is untyped
-    stub(channel)
-    assert set(channel.paths) == {f"/herald.agent.v1.AgentAPI/{name}" for name in AGENT_METHODS}
-    assert hasattr(agent_pb2_grpc, "AgentAPIServicer")
-    assert hasattr(agent_pb2_grpc, "add_AgentAPIServicer_to_server")
+    getattr(grpc_module, f"{service_name}Stub")(channel)
+    assert set(channel.paths) == {f"/{package}.{service_name}/{name}" for name in methods}
+    assert hasattr(grpc_module, f"{service_name}Servicer")
+    assert hasattr(grpc_module, f"add_{service_name}Servicer_to_server")
 
 
 def test_agent_api_messages_round_trip() -> None:
@@ -279,25 +305,25 @@ def test_agent_api_messages_round_trip() -> None:
     sync = agent_pb2.SyncEntriesResponse(
         full=False,
         entries=[
-            agent_pb2.Entry(
+            types_pb2.Entry(
                 id="e1",
                 spiffe_id="spiffe://example.org/web",
-                selectors=[agent_pb2.Selector(type="k8s", value="ns:default")],
+                selectors=[types_pb2.Selector(type="k8s", value="ns:default")],
                 revision=7,
             )
         ],
         removed_entry_ids=["e0"],
-        bundle=agent_pb2.Bundle(
+        bundle=types_pb2.Bundle(
             trust_domain="example.org",
             x509_authorities=[b"root"],
-            jwt_authorities=[agent_pb2.JWTKey(key_id="k1", public_key=b"spki", expires_at=1)],
+            jwt_authorities=[types_pb2.JWTKey(key_id="k1", public_key=b"spki", expires_at=1)],
             sequence_number=2**63,
         ),
     )
     assert agent_pb2.SyncEntriesResponse.FromString(sync.SerializeToString()) == sync
 
     result = agent_pb2.X509SVIDResult(
-        entry_id="e1", status=agent_pb2.Status(code=3, message="bad csr")
+        entry_id="e1", status=types_pb2.Status(code=3, message="bad csr")
     )
     assert result.status.code == 3
     assert not result.cert_chain

@@ -22,59 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from herald_core.proto.herald.types.v1 import types_pb2 as herald_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bherald/agent/v1/agent.proto\x12\x0fherald.agent.v1\"\'\n\x08Selector\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x96\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12,\n\tselectors\x18\x04 \x03(\x0b\x32\x19.herald.agent.v1.Selector\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x05\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x05\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\x0c\n\x04hint\x18\t \x01(\t\x12\r\n\x05\x61\x64min\x18\n \x01(\x08\x12\x12\n\ndownstream\x18\x0b \x01(\x08\x12\x10\n\x08revision\x18\x0c \x01(\x03\x12\x12\n\ncreated_at\x18\r \x01(\x03\"\x99\x01\n\x06\x42undle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x18\n\x10x509_authorities\x18\x02 \x03(\x0c\x12\x30\n\x0fjwt_authorities\x18\x03 \x03(\x0b\x32\x17.herald.agent.v1.JWTKey\x12\x14\n\x0crefresh_hint\x18\x04 \x01(\x03\x12\x17\n\x0fsequence_number\x18\x05 \x01(\x04\"@\n\x06JWTKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"F\n\tAgentSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\" \n\x0fJoinTokenParams\x12\r\n\x05token\x18\x01 \x01(\t\"/\n\rK8sPsatParams\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x97\x01\n\x12\x41ttestAgentRequest\x12\x36\n\njoin_token\x18\x01 \x01(\x0b\x32 .herald.agent.v1.JoinTokenParamsH\x00\x12\x32\n\x08k8s_psat\x18\x02 \x01(\x0b\x32\x1e.herald.agent.v1.K8sPsatParamsH\x00\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\x42\x08\n\x06params\"h\n\x13\x41ttestAgentResponse\x12(\n\x04svid\x18\x01 \x01(\x0b\x32\x1a.herald.agent.v1.AgentSVID\x12\'\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x17.herald.agent.v1.Bundle\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\">\n\x12RenewAgentResponse\x12(\n\x04svid\x18\x01 \x01(\x0b\x32\x1a.herald.agent.v1.AgentSVID\"\x14\n\x12SyncEntriesRequest\"\xc4\x01\n\x13SyncEntriesResponse\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.herald.agent.v1.Entry\x12\x19\n\x11removed_entry_ids\x18\x03 \x03(\t\x12\'\n\x06\x62undle\x18\x04 \x01(\x0b\x32\x17.herald.agent.v1.Bundle\x12\x32\n\x11\x66\x65\x64\x65rated_bundles\x18\x05 \x03(\x0b\x32\x17.herald.agent.v1.Bundle\"/\n\x0eX509SVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"K\n\x18\x42\x61tchSignX509SVIDRequest\x12/\n\x06params\x18\x01 \x03(\x0b\x32\x1f.herald.agent.v1.X509SVIDParams\"s\n\x0eX509SVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.herald.agent.v1.Status\x12\x12\n\ncert_chain\x18\x03 \x03(\x0c\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"M\n\x19\x42\x61tchSignX509SVIDResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.herald.agent.v1.X509SVIDResult\"M\n\x12SignJWTSVIDRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"^\n\x13SignJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x11\n\tissued_at\x18\x04 \x01(\x03\"\x12\n\x10GetBundleRequest\"<\n\x11GetBundleResponse\x12\'\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x17.herald.agent.v1.Bundle2\xb1\x04\n\x08\x41gentAPI\x12X\n\x0b\x41ttestAgent\x12#.herald.agent.v1.AttestAgentRequest\x1a$.herald.agent.v1.AttestAgentResponse\x12U\n\nRenewAgent\x12\".herald.agent.v1.RenewAgentRequest\x1a#.herald.agent.v1.RenewAgentResponse\x12Z\n\x0bSyncEntries\x12#.herald.agent.v1.SyncEntriesRequest\x1a$.herald.agent.v1.SyncEntriesResponse0\x01\x12j\n\x11\x42\x61tchSignX509SVID\x12).herald.agent.v1.BatchSignX509SVIDRequest\x1a*.herald.agent.v1.BatchSignX509SVIDResponse\x12X\n\x0bSignJWTSVID\x12#.herald.agent.v1.SignJWTSVIDRequest\x1a$.herald.agent.v1.SignJWTSVIDResponse\x12R\n\tGetBundle\x12!.herald.agent.v1.GetBundleRequest\x1a\".herald.agent.v1.GetBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bherald/agent/v1/agent.proto\x12\x0fherald.agent.v1\x1a\x1bherald/types/v1/types.proto\"F\n\tAgentSVID\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\" \n\x0fJoinTokenParams\x12\r\n\x05token\x18\x01 \x01(\t\"/\n\rK8sPsatParams\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x97\x01\n\x12\x41ttestAgentRequest\x12\x36\n\njoin_token\x18\x01 \x01(\x0b\x32 .herald.agent.v1.JoinTokenParamsH\x00\x12\x32\n\x08k8s_psat\x18\x02 \x01(\x0b\x32\x1e.herald.agent.v1.K8sPsatParamsH\x00\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\x42\x08\n\x06params\"h\n\x13\x41ttestAgentResponse\x12(\n\x04svid\x18\x01 \x01(\x0b\x32\x1a.herald.agent.v1.AgentSVID\x12\'\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x17.herald.types.v1.Bundle\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\">\n\x12RenewAgentResponse\x12(\n\x04svid\x18\x01 \x01(\x0b\x32\x1a.herald.agent.v1.AgentSVID\"\x14\n\x12SyncEntriesRequest\"\xc4\x01\n\x13SyncEntriesResponse\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.herald.types.v1.Entry\x12\x19\n\x11removed_entry_ids\x18\x03 \x03(\t\x12\'\n\x06\x62undle\x18\x04 \x01(\x0b\x32\x17.herald.types.v1.Bundle\x12\x32\n\x11\x66\x65\x64\x65rated_bundles\x18\x05 \x03(\x0b\x32\x17.herald.types.v1.Bundle\"/\n\x0eX509SVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"K\n\x18\x42\x61tchSignX509SVIDRequest\x12/\n\x06params\x18\x01 \x03(\x0b\x32\x1f.herald.agent.v1.X509SVIDParams\"s\n\x0eX509SVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.herald.types.v1.Status\x12\x12\n\ncert_chain\x18\x03 \x03(\x0c\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"M\n\x19\x42\x61tchSignX509SVIDResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.herald.agent.v1.X509SVIDResult\"M\n\x12SignJWTSVIDRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x05\"^\n\x13SignJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x11\n\tissued_at\x18\x04 \x01(\x03\"\x12\n\x10GetBundleRequest\"<\n\x11GetBundleResponse\x12\'\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x17.herald.types.v1.Bundle2k\n\x0fNodeAttestation\x12X\n\x0b\x41ttestAgent\x12#.herald.agent.v1.AttestAgentRequest\x1a$.herald.agent.v1.AttestAgentResponse2\xd7\x03\n\x08\x41gentAPI\x12U\n\nRenewAgent\x12\".herald.agent.v1.RenewAgentRequest\x1a#.herald.agent.v1.RenewAgentResponse\x12Z\n\x0bSyncEntries\x12#.herald.agent.v1.SyncEntriesRequest\x1a$.herald.agent.v1.SyncEntriesResponse0\x01\x12j\n\x11\x42\x61tchSignX509SVID\x12).herald.agent.v1.BatchSignX509SVIDRequest\x1a*.herald.agent.v1.BatchSignX509SVIDResponse\x12X\n\x0bSignJWTSVID\x12#.herald.agent.v1.SignJWTSVIDRequest\x1a$.herald.agent.v1.SignJWTSVIDResponse\x12R\n\tGetBundle\x12!.herald.agent.v1.GetBundleRequest\x1a\".herald.agent.v1.GetBundleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald_core.proto.herald.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SELECTOR']._serialized_start=48
-  _globals['_SELECTOR']._serialized_end=87
-  _globals['_ENTRY']._serialized_start=90
-  _globals['_ENTRY']._serialized_end=368
-  _globals['_BUNDLE']._serialized_start=371
-  _globals['_BUNDLE']._serialized_end=524
-  _globals['_JWTKEY']._serialized_start=526
-  _globals['_JWTKEY']._serialized_end=590
-  _globals['_STATUS']._serialized_start=592
-  _globals['_STATUS']._serialized_end=631
-  _globals['_AGENTSVID']._serialized_start=633
-  _globals['_AGENTSVID']._serialized_end=703
-  _globals['_JOINTOKENPARAMS']._serialized_start=705
-  _globals['_JOINTOKENPARAMS']._serialized_end=737
-  _globals['_K8SPSATPARAMS']._serialized_start=739
-  _globals['_K8SPSATPARAMS']._serialized_end=786
-  _globals['_ATTESTAGENTREQUEST']._serialized_start=789
-  _globals['_ATTESTAGENTREQUEST']._serialized_end=940
-  _globals['_ATTESTAGENTRESPONSE']._serialized_start=942
-  _globals['_ATTESTAGENTRESPONSE']._serialized_end=1046
-  _globals['_RENEWAGENTREQUEST']._serialized_start=1048
-  _globals['_RENEWAGENTREQUEST']._serialized_end=1080
-  _globals['_RENEWAGENTRESPONSE']._serialized_start=1082
-  _globals['_RENEWAGENTRESPONSE']._serialized_end=1144
-  _globals['_SYNCENTRIESREQUEST']._serialized_start=1146
-  _globals['_SYNCENTRIESREQUEST']._serialized_end=1166
-  _globals['_SYNCENTRIESRESPONSE']._serialized_start=1169
-  _globals['_SYNCENTRIESRESPONSE']._serialized_end=1365
-  _globals['_X509SVIDPARAMS']._serialized_start=1367
-  _globals['_X509SVIDPARAMS']._serialized_end=1414
-  _globals['_BATCHSIGNX509SVIDREQUEST']._serialized_start=1416
-  _globals['_BATCHSIGNX509SVIDREQUEST']._serialized_end=1491
-  _globals['_X509SVIDRESULT']._serialized_start=1493
-  _globals['_X509SVIDRESULT']._serialized_end=1608
-  _globals['_BATCHSIGNX509SVIDRESPONSE']._serialized_start=1610
-  _globals['_BATCHSIGNX509SVIDRESPONSE']._serialized_end=1687
-  _globals['_SIGNJWTSVIDREQUEST']._serialized_start=1689
-  _globals['_SIGNJWTSVIDREQUEST']._serialized_end=1766
-  _globals['_SIGNJWTSVIDRESPONSE']._serialized_start=1768
-  _globals['_SIGNJWTSVIDRESPONSE']._serialized_end=1862
-  _globals['_GETBUNDLEREQUEST']._serialized_start=1864
-  _globals['_GETBUNDLEREQUEST']._serialized_end=1882
-  _globals['_GETBUNDLERESPONSE']._serialized_start=1884
-  _globals['_GETBUNDLERESPONSE']._serialized_end=1944
-  _globals['_AGENTAPI']._serialized_start=1947
-  _globals['_AGENTAPI']._serialized_end=2508
+  _globals['_AGENTSVID']._serialized_start=77
+  _globals['_AGENTSVID']._serialized_end=147
+  _globals['_JOINTOKENPARAMS']._serialized_start=149
+  _globals['_JOINTOKENPARAMS']._serialized_end=181
+  _globals['_K8SPSATPARAMS']._serialized_start=183
+  _globals['_K8SPSATPARAMS']._serialized_end=230
+  _globals['_ATTESTAGENTREQUEST']._serialized_start=233
+  _globals['_ATTESTAGENTREQUEST']._serialized_end=384
+  _globals['_ATTESTAGENTRESPONSE']._serialized_start=386
+  _globals['_ATTESTAGENTRESPONSE']._serialized_end=490
+  _globals['_RENEWAGENTREQUEST']._serialized_start=492
+  _globals['_RENEWAGENTREQUEST']._serialized_end=524
+  _globals['_RENEWAGENTRESPONSE']._serialized_start=526
+  _globals['_RENEWAGENTRESPONSE']._serialized_end=588
+  _globals['_SYNCENTRIESREQUEST']._serialized_start=590
+  _globals['_SYNCENTRIESREQUEST']._serialized_end=610
+  _globals['_SYNCENTRIESRESPONSE']._serialized_start=613
+  _globals['_SYNCENTRIESRESPONSE']._serialized_end=809
+  _globals['_X509SVIDPARAMS']._serialized_start=811
+  _globals['_X509SVIDPARAMS']._serialized_end=858
+  _globals['_BATCHSIGNX509SVIDREQUEST']._serialized_start=860
+  _globals['_BATCHSIGNX509SVIDREQUEST']._serialized_end=935
+  _globals['_X509SVIDRESULT']._serialized_start=937
+  _globals['_X509SVIDRESULT']._serialized_end=1052
+  _globals['_BATCHSIGNX509SVIDRESPONSE']._serialized_start=1054
+  _globals['_BATCHSIGNX509SVIDRESPONSE']._serialized_end=1131
+  _globals['_SIGNJWTSVIDREQUEST']._serialized_start=1133
+  _globals['_SIGNJWTSVIDREQUEST']._serialized_end=1210
+  _globals['_SIGNJWTSVIDRESPONSE']._serialized_start=1212
+  _globals['_SIGNJWTSVIDRESPONSE']._serialized_end=1306
+  _globals['_GETBUNDLEREQUEST']._serialized_start=1308
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1326
+  _globals['_GETBUNDLERESPONSE']._serialized_start=1328
+  _globals['_GETBUNDLERESPONSE']._serialized_end=1388
+  _globals['_NODEATTESTATION']._serialized_start=1390
+  _globals['_NODEATTESTATION']._serialized_end=1497
+  _globals['_AGENTAPI']._serialized_start=1500
+  _globals['_AGENTAPI']._serialized_end=1971
 # @@protoc_insertion_point(module_scope)

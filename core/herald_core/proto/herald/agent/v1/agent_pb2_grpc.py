@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AgentAPIStub:
+class NodeAttestationStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,10 +35,83 @@ class AgentAPIStub:
             channel: A grpc.Channel.
         """
         self.AttestAgent = channel.unary_unary(
-                '/herald.agent.v1.AgentAPI/AttestAgent',
+                '/herald.agent.v1.NodeAttestation/AttestAgent',
                 request_serializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentRequest.SerializeToString,
                 response_deserializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentResponse.FromString,
                 _registered_method=True)
+
+
+class NodeAttestationServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def AttestAgent(self, request, context):
+        """Node attestation. Callable without a client certificate. The server
+        verifies the attestation parameters (a single-use, unexpired join
+        token, or a projected service account token reviewed against the named
+        cluster), checks the CSR's self-signature, derives the agent's SPIFFE
+        ID from the attestation result (never from the CSR) and returns a
+        freshly signed agent SVID plus the trust bundle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeAttestationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AttestAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestAgent,
+                    request_deserializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentRequest.FromString,
+                    response_serializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'herald.agent.v1.NodeAttestation', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('herald.agent.v1.NodeAttestation', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NodeAttestation:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def AttestAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.agent.v1.NodeAttestation/AttestAgent',
+            herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentRequest.SerializeToString,
+            herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AgentAPIStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
         self.RenewAgent = channel.unary_unary(
                 '/herald.agent.v1.AgentAPI/RenewAgent',
                 request_serializer=herald_dot_agent_dot_v1_dot_agent__pb2.RenewAgentRequest.SerializeToString,
@@ -68,18 +141,6 @@ class AgentAPIStub:
 
 class AgentAPIServicer:
     """Missing associated documentation comment in .proto file."""
-
-    def AttestAgent(self, request, context):
-        """Node attestation. Callable without a client certificate. The server
-        verifies the attestation parameters (a single-use, unexpired join
-        token, or a projected service account token reviewed against the named
-        cluster), checks the CSR's self-signature, derives the agent's SPIFFE
-        ID from the attestation result (never from the CSR) and returns a
-        freshly signed agent SVID plus the trust bundle.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def RenewAgent(self, request, context):
         """Agent SVID renewal. Caller: an attested agent over mTLS. The new SVID
@@ -131,11 +192,6 @@ class AgentAPIServicer:
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'AttestAgent': grpc.unary_unary_rpc_method_handler(
-                    servicer.AttestAgent,
-                    request_deserializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentRequest.FromString,
-                    response_serializer=herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentResponse.SerializeToString,
-            ),
             'RenewAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewAgent,
                     request_deserializer=herald_dot_agent_dot_v1_dot_agent__pb2.RenewAgentRequest.FromString,
@@ -171,33 +227,6 @@ def add_AgentAPIServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentAPI:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def AttestAgent(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/herald.agent.v1.AgentAPI/AttestAgent',
-            herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentRequest.SerializeToString,
-            herald_dot_agent_dot_v1_dot_agent__pb2.AttestAgentResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def RenewAgent(request,
