@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,30 +25,16 @@ from herald_core.bundle import (
 )
 from herald_core.keys import PrivateKey, PublicKey, generate_key
 from herald_core.spiffeid import TrustDomain
+from herald_core.x509svid import make_ca_certificate
+from tests.certs import der
 
 TD = TrustDomain("example.org")
 OTHER_TD = TrustDomain("other.org")
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def make_ca(key: PrivateKey, trust_domain: TrustDomain = TD) -> x509.Certificate:
-    """A self-signed CA certificate with the trust domain's ID as its one URI SAN."""
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "herald test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(START)
-        .not_valid_after(START + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+def make_ca(key: PrivateKey) -> x509.Certificate:
+    return make_ca_certificate(key, TD, not_before=START, not_after=START + timedelta(days=1))
 
 
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -92,7 +76,7 @@ def ec_or_rsa_jwk(key: Any) -> dict[str, Any]:
 
 
 def x5c(cert: x509.Certificate) -> str:
-    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
+    return base64.b64encode(der(cert)).decode()
 
 
 def spiffe_doc(bundle: Bundle) -> dict[str, Any]:
@@ -192,7 +176,7 @@ def test_largest_sequence_number_is_accepted() -> None:
 
 def test_x509_der_is_concatenated_der() -> None:
     bundle = full_bundle()
-    expected = CA_EC.public_bytes(Encoding.DER) + CA_RSA.public_bytes(Encoding.DER)
+    expected = der(CA_EC) + der(CA_RSA)
     assert bundle.x509_der() == expected
     assert Bundle.from_der(TD, expected).x509_authorities == (CA_EC, CA_RSA)
 
@@ -251,7 +235,7 @@ def test_spiffe_jwks_layout() -> None:
 def test_x5c_is_padded_standard_base64_of_one_der_cert() -> None:
     entry = spiffe_doc(Bundle(TD, (CA_EC,)))["keys"][0]
     assert len(entry["x5c"]) == 1
-    assert base64.b64decode(entry["x5c"][0], validate=True) == CA_EC.public_bytes(Encoding.DER)
+    assert base64.b64decode(entry["x5c"][0], validate=True) == der(CA_EC)
     assert len(entry["x5c"][0]) % 4 == 0
 
 
@@ -377,7 +361,7 @@ def test_x509_entry_without_key_params_is_accepted() -> None:
         ({"use": "x509-svid", "kty": "EC", "x5c": x5c(CA_EC)}, "'x5c' must be a non-empty array"),
         ({"use": "x509-svid", "kty": "EC", "x5c": []}, "'x5c' must be a non-empty array"),
         (
-            {"use": "x509-svid", "kty": "EC", "x5c": [b64url(CA_EC.public_bytes(Encoding.DER))]},
+            {"use": "x509-svid", "kty": "EC", "x5c": [b64url(der(CA_EC))]},
             r"x5c\[0\] is not a base64 DER certificate",
         ),
         (

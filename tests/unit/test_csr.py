@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from herald_core.csr import DEFAULT_MAX_SIZE, CsrError, CsrInfo, check_csr, make_csr
 from herald_core.keys import KeyType, generate_key, public_key_to_der
 from herald_core.spiffeid import SpiffeId
+from tests.certs import SIGNATURE_HASHES, unknown_key_algorithm
 
 AGENT = SpiffeId.parse("spiffe://example.org/spire/agent/k8s_psat/prod/node-1")
 OTHER = SpiffeId.parse("spiffe://example.org/other")
@@ -40,14 +41,7 @@ def raw_csr(
     return builder.sign(key, digest).public_bytes(serialization.Encoding.DER)
 
 
-@pytest.mark.parametrize(
-    ("key_type", "digest"),
-    [
-        (KeyType.EC_P256, hashes.SHA256),
-        (KeyType.EC_P384, hashes.SHA384),
-        (KeyType.RSA_2048, hashes.SHA256),
-    ],
-)
+@pytest.mark.parametrize(("key_type", "digest"), SIGNATURE_HASHES)
 def test_make_csr_round_trips(key_type: KeyType, digest: type[hashes.HashAlgorithm]) -> None:
     key = generate_key(key_type)
     der = make_csr(key, AGENT, dns_names=("node-1.example.org",))
@@ -194,10 +188,7 @@ def test_check_csr_refuses_unsupported_keys(
 
 
 def test_check_csr_refuses_unreadable_key() -> None:
-    # id-ecPublicKey (1.2.840.10045.2.1) turned into an unknown algorithm OID.
-    der = make_csr(generate_key(), AGENT).replace(
-        bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8648ce3d0263")
-    )
+    der = unknown_key_algorithm(make_csr(generate_key(), AGENT))
     with pytest.raises(CsrError, match="CSR public key cannot be read"):
         check_csr(der)
 

@@ -15,15 +15,13 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 
 from herald_core.bundle import Bundle, BundleSet
 from herald_core.jwtsvid import JwtSvid, JwtSvidError, mint_jwt_svid, validate_jwt_svid
 from herald_core.keys import KeyType, PrivateKey, generate_key
 from herald_core.spiffeid import SpiffeId, TrustDomain
+from herald_core.x509svid import make_ca_certificate
 from tests.pyspiffe_runner import run_pyspiffe
 
 TD = TrustDomain("example.org")
@@ -80,26 +78,6 @@ print(json.dumps(out))
 """
 
 
-def make_ca(key: PrivateKey, now: datetime) -> x509.Certificate:
-    """A self-signed CA certificate for TD (kept local: bundle tests must not need x509svid)."""
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "herald test")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(TD.id))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-
-
 def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -118,9 +96,16 @@ class World:
     now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
 
     def __post_init__(self) -> None:
-        self.bundle = Bundle(
-            TD, (make_ca(EC_KEY, self.now), make_ca(RSA_KEY, self.now)), JWT_KEYS, 300, 4
+        cas = tuple(
+            make_ca_certificate(
+                key,
+                TD,
+                not_before=self.now - timedelta(hours=1),
+                not_after=self.now + timedelta(days=1),
+            )
+            for key in (EC_KEY, RSA_KEY)
         )
+        self.bundle = Bundle(TD, cas, JWT_KEYS, 300, 4)
         self.bundles = BundleSet([self.bundle])
         self.good = {
             "es256": Case(self.mint(), ["svc-a"]),

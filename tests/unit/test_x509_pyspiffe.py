@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from herald_core.keys import KeyType, PrivateKey, generate_key, private_key_to_der
 from herald_core.spiffeid import SpiffeId, TrustDomain
@@ -31,6 +31,8 @@ from herald_core.x509svid import (
     make_leaf_certificate,
     svid_validity,
 )
+from tests import certs
+from tests.certs import Ca, Change, der, drop, keep, key_usage, swap
 from tests.pyspiffe_runner import run_pyspiffe
 
 NOW = datetime.now(UTC)
@@ -78,12 +80,6 @@ for arg in sys.argv[1:]:
     }
 print(json.dumps(results))
 """
-
-
-@dataclass(frozen=True)
-class Ca:
-    cert: x509.Certificate
-    key: PrivateKey
 
 
 @dataclass(frozen=True)
@@ -143,7 +139,7 @@ def run_cases(tmp_path: Path, cases: Mapping[str, Case]) -> dict[str, Any]:
 
 
 def sha256(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return hashlib.sha256(der(cert)).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,119 +184,61 @@ def test_pyspiffe_parses_herald_svids(tmp_path: Path) -> None:
 # Malformed leaves: both refuse
 
 
-def _usage(**flags: bool) -> x509.KeyUsage:
-    names = (
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    )
-    return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
-
-
-Extensions = dict[type[x509.ExtensionType], tuple[x509.ExtensionType, bool]]
-
-
-def built_leaf(
-    issuer: Ca, change: Callable[[Extensions], None], uris: tuple[str, ...] = (str(WORKLOAD),)
-) -> tuple[x509.Certificate, PrivateKey]:
-    """A SPIRE-shaped leaf built with CertificateBuilder, with ``change`` applied."""
-    key = generate_key()
-    exts: Extensions = {
-        x509.BasicConstraints: (x509.BasicConstraints(ca=False, path_length=None), True),
-        x509.KeyUsage: (_usage(digital_signature=True, key_encipherment=True), True),
-        x509.ExtendedKeyUsage: (
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            False,
-        ),
-        x509.SubjectAlternativeName: (
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-            False,
-        ),
-    }
-    change(exts)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE")]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(minutes=5))
-        .not_valid_after(NOW + timedelta(hours=1))
-    )
-    for ext, critical in exts.values():
-        builder = builder.add_extension(ext, critical=critical)
-    return builder.sign(issuer.key, hashes.SHA256()), key
-
-
-def _drop(ext_type: type[x509.ExtensionType]) -> Callable[[Extensions], None]:
-    return lambda exts: exts.__delitem__(ext_type)
-
-
-def _set(ext: x509.ExtensionType, critical: bool = True) -> Callable[[Extensions], None]:
-    def change(exts: Extensions) -> None:
-        exts[type(ext)] = (ext, critical)
-
-    return change
-
-
-def _keep(exts: Extensions) -> None:
-    """Leave the good extension set as it is (the URIs make the case)."""
+# A SPIRE-shaped leaf built by hand, so each case can break one rule.
+custom_leaf = partial(
+    certs.custom_leaf,
+    uris=(str(WORKLOAD),),
+    not_before=NOW - timedelta(minutes=5),
+    not_after=NOW + timedelta(hours=1),
+)
 
 
 # name -> (change, URI SANs, herald's message, py-spiffe's message)
-MALFORMED: dict[str, tuple[Callable[[Extensions], None], tuple[str, ...], str, str]] = {
+MALFORMED: dict[str, tuple[Change, tuple[str, ...], str, str]] = {
     "no-basic-constraints": (
-        _drop(x509.BasicConstraints),
+        drop(x509.BasicConstraints),
         (str(WORKLOAD),),
         "has no BasicConstraints extension",
         "must have BasicConstraints extension",
     ),
     "no-key-usage": (
-        _drop(x509.KeyUsage),
+        drop(x509.KeyUsage),
         (str(WORKLOAD),),
         "has no KeyUsage extension",
         "must have KeyUsage extension",
     ),
     "two-uri-sans": (
-        _keep,
+        keep,
         (str(WORKLOAD), "spiffe://example.org/ns/prod/sa/other"),
         "has 2 URI SANs; exactly one is required",
         "multiple URI SAN",
     ),
     "root-id": (
-        _keep,
+        keep,
         ("spiffe://example.org",),
         "has SPIFFE ID spiffe://example.org with no path",
         "must not be a trust domain root",
     ),
     "ca-leaf": (
-        _set(x509.BasicConstraints(ca=True, path_length=None)),
+        swap(x509.BasicConstraints(ca=True, path_length=None)),
         (str(WORKLOAD),),
         "has cA=true",
         "must not have CA flag set to true",
     ),
     "key-cert-sign": (
-        _set(_usage(digital_signature=True, key_cert_sign=True)),
+        swap(key_usage(digital_signature=True, key_cert_sign=True)),
         (str(WORKLOAD),),
         "KeyUsage has keyCertSign",
         "must not have 'keyCertSign'",
     ),
     "no-digital-signature": (
-        _set(_usage(key_encipherment=True)),
+        swap(key_usage(key_encipherment=True)),
         (str(WORKLOAD),),
         "KeyUsage lacks digitalSignature",
         "must have 'digitalSignature'",
     ),
     "no-uri-san": (
-        _set(x509.SubjectAlternativeName([x509.DNSName("api")]), critical=False),
+        swap(x509.SubjectAlternativeName([x509.DNSName("api")]), critical=False),
         (),
         "has no URI SAN",
         "does not contain a URI SAN",
@@ -312,7 +250,7 @@ def test_malformed_leaves_are_refused_by_both(tmp_path: Path) -> None:
     root = root_ca()
     cases: dict[str, Case] = {}
     for name, (change, uris, herald_message, _) in MALFORMED.items():
-        cert, key = built_leaf(root, change, uris)
+        cert, key = custom_leaf(root, change, uris=uris)
         case = Case(chain_to_der([cert]), private_key_to_der(key), chain_to_der([root.cert]))
         cases[name] = case
         with pytest.raises(X509SvidError, match=re.escape(herald_message)):
@@ -359,9 +297,9 @@ def test_bad_intermediate_and_pem_are_refused_by_both(tmp_path: Path) -> None:
 def test_herald_is_stricter_than_pyspiffe(tmp_path: Path) -> None:
     root = root_ca()
     leaf_cert, _ = herald_leaf(root)
-    server_only, server_only_key = built_leaf(
+    server_only, server_only_key = custom_leaf(
         root,
-        _set(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False),
+        swap(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False),
     )
     cases = {
         "key-mismatch": Case(
