@@ -288,7 +288,7 @@ def _x509_authority(jwk: dict[str, Any], kty: str, element: str) -> x509.Certifi
         raise BundleError(f"{element}: x5c[0] is not a base64 DER certificate: {exc}") from exc
     key = _certificate_key(cert)
     _check_key(key, element)
-    cert_kty = "EC" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA"
+    cert_kty = _kty(key)
     if kty != cert_kty:
         raise BundleError(f"{element} has kty {kty!r} but its certificate has an {cert_kty} key")
     if any(name in jwk for name in _KEY_PARAMS[kty]) and _jwk_to_key(jwk, kty, element) != key:
@@ -336,25 +336,27 @@ def _check_key(key: object, what: str) -> None:
         raise BundleError(f"{what} has a {_type(key)}; only EC and RSA public keys are supported")
 
 
+def _kty(key: object) -> str:
+    """The JWK key type of a key _check_key accepted."""
+    return "EC" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA"
+
+
 def _key_to_jwk(key: object, kid: str | None = None) -> dict[str, str]:
     """The public JWK members of ``key`` (RFC 7518 §6), with ``kid`` after ``kty`` if given."""
-    jwk: dict[str, str]
+    jwk = {"kty": _kty(key)}
+    if kid is not None:
+        jwk["kid"] = kid
     if isinstance(key, ec.EllipticCurvePublicKey):
         size = _coordinate_size(key.curve)
         numbers = key.public_numbers()
-        jwk = {"kty": "EC"}
-        if kid is not None:
-            jwk["kid"] = kid
-        jwk["crv"] = _CRV_BY_CURVE[key.curve.name]
-        jwk |= {"x": _b64url_int(numbers.x, size), "y": _b64url_int(numbers.y, size)}
-        return jwk
+        return jwk | {
+            "crv": _CRV_BY_CURVE[key.curve.name],
+            "x": _b64url_int(numbers.x, size),
+            "y": _b64url_int(numbers.y, size),
+        }
     assert isinstance(key, rsa.RSAPublicKey)
     rsa_numbers = key.public_numbers()
-    jwk = {"kty": "RSA"}
-    if kid is not None:
-        jwk["kid"] = kid
-    jwk |= {"n": _b64url_int(rsa_numbers.n), "e": _b64url_int(rsa_numbers.e)}
-    return jwk
+    return jwk | {"n": _b64url_int(rsa_numbers.n), "e": _b64url_int(rsa_numbers.e)}
 
 
 def _jwk_to_key(jwk: dict[str, Any], kty: str, element: str) -> PublicKey:

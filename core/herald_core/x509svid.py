@@ -73,10 +73,6 @@ class X509SvidError(ValueError):
     """A certificate, chain, key or request that is not a valid X.509-SVID; the message says why."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Small shared helpers
-
-
 def _require_supported_key(key: PrivateKey | PublicKey, what: str) -> None:
     try:
         key_type_of(key)
@@ -84,11 +80,10 @@ def _require_supported_key(key: PrivateKey | PublicKey, what: str) -> None:
         raise X509SvidError(f"{what}: {exc}") from exc
 
 
-def _aware(when: datetime, name: str) -> datetime:
+def _aware(when: datetime, name: str) -> None:
     # A naive datetime would silently be read as UTC by cryptography; make the caller say so.
-    if when.tzinfo is None or when.utcoffset() is None:
+    if when.utcoffset() is None:
         raise X509SvidError(f"{name} must be a timezone-aware datetime")
-    return when
 
 
 def _serial(serial: int | None) -> int:
@@ -112,10 +107,6 @@ def _describe(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string() or "empty subject"
 
 
-def _chain_label(position: int, cert: x509.Certificate) -> str:
-    return f"certificate {position} ({_describe(cert)})"
-
-
 def _extensions(cert: x509.Certificate, label: str) -> x509.Extensions:
     try:
         return cert.extensions
@@ -129,6 +120,13 @@ def _find(cert: x509.Certificate, ext_type: type[_Ext], label: str) -> _Ext | No
         return _extensions(cert, label).get_extension_for_class(ext_type).value
     except x509.ExtensionNotFound:
         return None
+
+
+def _require(cert: x509.Certificate, ext_type: type[_Ext], label: str, needs: str) -> _Ext:
+    value = _find(cert, ext_type, label)
+    if value is None:
+        raise X509SvidError(f"{label} has no {ext_type.__name__} extension; {needs}")
+    return value
 
 
 def _uri_sans(cert: x509.Certificate, label: str) -> list[str]:
@@ -168,24 +166,15 @@ def _issuance_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str |
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Rules for leaves and signing certificates
-
-
 def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
     """The SPIFFE ID in the certificate's single URI SAN."""
     return _single_spiffe_id(cert, "certificate")
 
 
 def _check_leaf(cert: x509.Certificate, label: str) -> SpiffeId:
-    constraints = _find(cert, x509.BasicConstraints, label)
-    if constraints is None:
-        raise X509SvidError(f"{label} has no BasicConstraints extension; a leaf needs cA=false")
-    if constraints.ca:
+    if _require(cert, x509.BasicConstraints, label, "a leaf needs cA=false").ca:
         raise X509SvidError(f"{label} has cA=true; a leaf SVID must not be a CA")
-    usage = _find(cert, x509.KeyUsage, label)
-    if usage is None:
-        raise X509SvidError(f"{label} has no KeyUsage extension; a leaf needs digitalSignature")
+    usage = _require(cert, x509.KeyUsage, label, "a leaf needs digitalSignature")
     if not usage.digital_signature:
         raise X509SvidError(f"{label} KeyUsage lacks digitalSignature")
     if usage.key_cert_sign:
@@ -212,18 +201,9 @@ def check_leaf(cert: x509.Certificate) -> SpiffeId:
 
 
 def _check_signing(cert: x509.Certificate, label: str) -> None:
-    constraints = _find(cert, x509.BasicConstraints, label)
-    if constraints is None:
-        raise X509SvidError(
-            f"{label} has no BasicConstraints extension; a signing certificate needs cA=true"
-        )
-    if not constraints.ca:
+    if not _require(cert, x509.BasicConstraints, label, "a signing certificate needs cA=true").ca:
         raise X509SvidError(f"{label} has cA=false; a signing certificate needs cA=true")
-    usage = _find(cert, x509.KeyUsage, label)
-    if usage is None:
-        raise X509SvidError(
-            f"{label} has no KeyUsage extension; a signing certificate needs keyCertSign"
-        )
+    usage = _require(cert, x509.KeyUsage, label, "a signing certificate needs keyCertSign")
     if not usage.key_cert_sign:
         raise X509SvidError(f"{label} KeyUsage lacks keyCertSign")
     if _uri_sans(cert, label):
@@ -240,8 +220,16 @@ def check_signing_cert(cert: x509.Certificate) -> None:
     _check_signing(cert, "signing certificate")
 
 
-# ---------------------------------------------------------------------------------------------
-# Minting
+def _check_chain(chain: Sequence[x509.Certificate]) -> tuple[SpiffeId, list[str]]:
+    """Leaf rules on the first certificate, signing rules on the rest.
+
+    Returns the leaf's SPIFFE ID and the label naming each certificate in error messages.
+    """
+    labels = [f"certificate {position} ({_describe(cert)})" for position, cert in enumerate(chain)]
+    spiffe_id = _check_leaf(chain[0], labels[0])
+    for cert, label in zip(chain[1:], labels[1:], strict=True):
+        _check_signing(cert, label)
+    return spiffe_id, labels
 
 
 def svid_validity(
@@ -324,6 +312,8 @@ def make_ca_certificate(
     _require_supported_key(key, "CA key")
     if path_len is not None and path_len < 0:
         raise X509SvidError(f"path_len must be 0 or more, got {path_len}")
+    if (issuer_cert is None) != (issuer_key is None):
+        raise X509SvidError("issuer_cert and issuer_key must be given together")
     serial_number = _serial(serial)
     subject = x509.Name(
         [
@@ -332,8 +322,6 @@ def make_ca_certificate(
             x509.NameAttribute(NameOID.SERIAL_NUMBER, str(serial_number)),
         ]
     )
-    if (issuer_cert is None) != (issuer_key is None):
-        raise X509SvidError("issuer_cert and issuer_key must be given together")
     if issuer_cert is None or issuer_key is None:
         window = _window(not_before, not_after, cap=None)
         builder = _builder(subject, subject, key.public_key(), serial_number, window)
@@ -448,10 +436,6 @@ def make_leaf_certificate(
     return builder.sign(issuer_key, signature_hash(issuer_key))
 
 
-# ---------------------------------------------------------------------------------------------
-# Encodings
-
-
 def _sequence_end(data: bytes, start: int, position: int) -> int:
     """End offset of the DER SEQUENCE at ``data[start]``, certificate number ``position``."""
     where = f"certificate {position} (at byte {start})"
@@ -523,15 +507,16 @@ def parse_der_chain(data: bytes) -> list[x509.Certificate]:
 
 def chain_to_der(certs: Iterable[x509.Certificate]) -> bytes:
     """Concatenated DER, leaf first for a chain."""
-    encoded = [cert.public_bytes(serialization.Encoding.DER) for cert in certs]
-    if not encoded:
-        raise X509SvidError("no certificates to encode")
-    return b"".join(encoded)
+    return _encode(certs, serialization.Encoding.DER)
 
 
 def certs_to_pem(certs: Iterable[x509.Certificate]) -> bytes:
     """PEM CERTIFICATE blocks, one per certificate, in order."""
-    encoded = [cert.public_bytes(serialization.Encoding.PEM) for cert in certs]
+    return _encode(certs, serialization.Encoding.PEM)
+
+
+def _encode(certs: Iterable[x509.Certificate], encoding: serialization.Encoding) -> bytes:
+    encoded = [cert.public_bytes(encoding) for cert in certs]
     if not encoded:
         raise X509SvidError("no certificates to encode")
     return b"".join(encoded)
@@ -568,10 +553,6 @@ def _load_key_der(key_der: bytes) -> PrivateKey:
         raise X509SvidError(f"SVID private key: {exc}") from exc
 
 
-# ---------------------------------------------------------------------------------------------
-# The SVID and chain verification
-
-
 @dataclass(frozen=True)
 class X509Svid:
     """An X.509-SVID as the Workload API carries it: leaf first, intermediates, never the root."""
@@ -598,9 +579,7 @@ class X509Svid:
     def parse(cls, chain_der: bytes, key_der: bytes) -> X509Svid:
         """Parse Workload API bytes: concatenated DER chain and PKCS#8 DER key, fully checked."""
         chain = parse_der_chain(chain_der)
-        spiffe_id = _check_leaf(chain[0], _chain_label(0, chain[0]))
-        for position, cert in enumerate(chain[1:], start=1):
-            _check_signing(cert, _chain_label(position, cert))
+        spiffe_id, _ = _check_chain(chain)
         return cls(spiffe_id, tuple(chain), _load_key_der(key_der))
 
     @property
@@ -678,8 +657,7 @@ def verify_chain(
     _aware(now, "now")
     if not chain:
         raise X509SvidError("certificate chain is empty")
-    labels = [_chain_label(position, cert) for position, cert in enumerate(chain)]
-    spiffe_id = _check_leaf(chain[0], labels[0])
+    spiffe_id, labels = _check_chain(chain)
     if trust_domain is not None and spiffe_id.trust_domain != trust_domain:
         raise X509SvidError(
             f"{labels[0]} has SPIFFE ID {spiffe_id}, which is not in trust domain {trust_domain}"
@@ -687,8 +665,6 @@ def verify_chain(
     bundle = f"the bundle for {spiffe_id.trust_domain}"
     if not roots:
         raise X509SvidError(f"{bundle} has no authorities")
-    for cert, label in zip(chain[1:], labels[1:], strict=True):
-        _check_signing(cert, label)
     for cert, label in zip(chain, labels, strict=True):
         _check_critical_extensions(cert, label)
         problem = _validity_problem(cert, now)
