@@ -13,14 +13,14 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from herald_core import b64url
+from herald_core import b64url, strictjson
 from herald_core.keys import PublicKey, public_key_to_der
 from herald_core.spiffeid import SpiffeIdError, TrustDomain
 from herald_core.x509svid import parse_der_chain
@@ -422,30 +422,11 @@ def _load_json(data: bytes | str, where: str) -> Any:
     """Decode JSON, refusing duplicate member names and the non-standard NaN/Infinity."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-    except _DuplicateMemberError as exc:
+        return strictjson.loads(text)
+    except strictjson.DuplicateMemberError as exc:
         raise BundleError(f"{where} has a duplicate JSON member {exc.name!r}") from exc
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{where} is not valid JSON: {exc}") from exc
-
-
-class _DuplicateMemberError(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise _DuplicateMemberError(name)
-        result[name] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _json_type(value: object) -> str:

@@ -9,18 +9,17 @@ Error messages may name claims and header fields but never repeat the token.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from herald_core import b64url
+from herald_core import b64url, strictjson
 from herald_core.bundle import Bundle
 from herald_core.keys import PrivateKey, PublicKey, UnsupportedKeyError, jws_algorithm
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
@@ -369,28 +368,12 @@ def _json_object(segment: str, name: str) -> dict[str, Any]:
     if raw is None:
         raise JwtSvidError(f"token {name} is not unpadded base64url")
     try:
-        value = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_unique_members, parse_constant=_no_constant
-        )
+        value = strictjson.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise JwtSvidError(f"token {name} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise JwtSvidError(f"token {name} must be a JSON object")
     return value
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two members of one name could be read differently by two parsers; refuse them outright.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {_show(name)}")
-        result[name] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _describe_key(key: PublicKey) -> str:
