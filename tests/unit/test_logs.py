@@ -230,4 +230,4 @@ def test_unknown_level_and_format_are_refused() -> None:
     with pytest.raises(LogConfigError, match="unknown log level 'loud'; use one of: debug, info"):
         setup_logging("loud")
     with pytest.raises(LogConfigError, match="unknown log format 'xml'; use 'text' or 'json'"):
-        setup_logging("info", "xml")
+        setup_logging("info", "xml")  # type: ignore[arg-type]
