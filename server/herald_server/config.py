@@ -1,0 +1,552 @@
+"""herald-server's configuration: a YAML file plus command-line overrides, checked field by field.
+
+Every problem is a ConfigError naming the field's path and why (``ca.ttl: cannot read duration
+'soon'; ...``); unknown fields are errors with a suggestion, so a typo never silently leaves a
+default in place. Relative paths in the file are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import yaml
+
+from herald_core.durations import DurationError, format_duration, parse_duration
+from herald_core.entry import EntryError, check_dns_name
+from herald_core.keys import KeyType
+from herald_core.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
+from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+
+Mode = Literal["standalone", "kubernetes"]
+MODES: Final[tuple[Mode, ...]] = ("standalone", "kubernetes")
+
+DEFAULT_DATA_DIR: Final = Path("/var/lib/herald/server")
+ADMIN_SOCKET_NAME: Final = "admin.sock"
+DEFAULT_ADMIN_SOCKET: Final = DEFAULT_DATA_DIR / ADMIN_SOCKET_NAME
+NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_NAMESPACE: Final = "herald"
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+MAX_SOCKET_PATH_BYTES: Final = 107
+MAX_TTL: Final = timedelta(days=366)
+MAX_MESSAGE_BYTES: Final = 2**31 - 1
+
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A configuration the server will not run with; the message names the field and why."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A listen address; ``str()`` gives the ``host:port`` form grpc and aiohttp take."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Where the upstream CA that signs herald's intermediate lives: exactly one of the two."""
+
+    dir: Path | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    key_type: KeyType = KeyType.EC_P256
+    ttl: timedelta = timedelta(hours=24)
+    x509_svid_ttl: timedelta = timedelta(hours=1)
+    jwt_svid_ttl: timedelta = timedelta(minutes=5)
+    jwt_key_type: KeyType = KeyType.EC_P256
+    agent_svid_ttl: timedelta = timedelta(hours=1)
+    refresh_hint: timedelta = timedelta(minutes=5)
+    upstream: UpstreamConfig | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_batch: int = 500
+    max_message_bytes: int = 4 * 1024 * 1024
+    sign_rate_per_agent: float = 200.0
+    sign_burst_per_agent: int = 1000
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """Kubernetes-mode settings; present with defaults in standalone mode, where none is used."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    cluster_name: str = ""
+    ca_secret: str = "herald-ca"  # noqa: S105 - the Secret's name, not a secret
+    bundle_configmap: str = "herald-bundle"
+    lease_name: str = "herald-server-leader"
+    agent_namespace: str = DEFAULT_NAMESPACE
+    agent_service_accounts: tuple[str, ...] = ("herald-agent",)
+    audience: str = "herald-server"
+    kubeconfig: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    trust_domain: TrustDomain
+    mode: Mode = "standalone"
+    data_dir: Path = DEFAULT_DATA_DIR
+    log_level: str = "info"
+    log_format: LogFormat = "text"
+    attestation_address: Address = Address("0.0.0.0", 8442)  # noqa: S104 - a server listens
+    agent_address: Address = Address("0.0.0.0", 8443)  # noqa: S104
+    admin_socket: Path = DEFAULT_ADMIN_SOCKET
+    health_address: Address = Address("0.0.0.0", 8080)  # noqa: S104
+    server_dns_names: tuple[str, ...] = ()
+    ca: CAConfig = field(default_factory=CAConfig)
+    join_token_ttl: timedelta = timedelta(minutes=10)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+
+
+class _Section:
+    """One mapping of the raw document, checked against its dataclass and read field by field."""
+
+    def __init__(self, raw: Mapping[str, Any], path: str, base_dir: Path, schema: type) -> None:
+        self._raw = raw
+        self._path = path
+        self._base_dir = base_dir
+        # Unknown fields are refused before any value is read, so a misspelt field is
+        # reported as such and not as the required field it was meant to be.
+        known = [f.name for f in fields(schema)]
+        for key in raw:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {self.where(close[0])!r}?" if close else ""
+                raise ConfigError(f"unknown field {self.where(str(key))!r}{hint}")
+
+    def where(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def has(self, name: str) -> bool:
+        return self._raw.get(name) is not None
+
+    def _take(self, name: str) -> Any:
+        return self._raw.get(name)
+
+    def error(self, name: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.where(name)}: {why}")
+
+    def string(self, name: str, default: str) -> str:
+        value = self._take(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a string, got {_describe(value)}")
+        if not value.strip():
+            raise self.error(name, "cannot be empty")
+        return value
+
+    def choice(self, name: str, choices: tuple[_T, ...], default: _T) -> _T:
+        text = self.string(name, str(default)).strip().lower()
+        for option in choices:
+            if text == str(option):
+                return option
+        raise self.error(
+            name,
+            f"{text!r} is not one of " + ", ".join(repr(str(c)) for c in choices),
+        )
+
+    def duration(self, name: str, default: timedelta) -> timedelta:
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.error(name, f"expected a duration such as '1h', got {_describe(value)}")
+        try:
+            found = parse_duration(str(value))
+        except DurationError as exc:
+            raise self.error(name, str(exc)) from exc
+        if found < timedelta(seconds=1) or found.microseconds:
+            raise self.error(name, f"must be a whole number of seconds, at least 1s; got {value!r}")
+        if found > MAX_TTL:
+            raise self.error(name, f"must be at most {format_duration(MAX_TTL.total_seconds())}")
+        return found
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"expected a whole number, got {_describe(value)}")
+        if not minimum <= value <= maximum:
+            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, f"expected a number, got {_describe(value)}")
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}, got {value}")
+        return float(value)
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._take(name)
+        if value is None:
+            return default
+        if not isinstance(value, list):
+            raise self.error(name, f"expected a list of strings, got {_describe(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.error(f"{name}[{index}]", f"expected a string, got {_describe(item)}")
+        if len(set(value)) != len(value):
+            raise self.error(name, "lists a value twice")
+        return tuple(value)
+
+    def path(self, name: str) -> Path | None:
+        value = self._take(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, f"expected a path, got {_describe(value)}")
+        return self._base_dir / Path(value).expanduser()
+
+    def address(self, name: str, default: Address) -> Address:
+        value = self._take(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"expected host:port, e.g. '{default}', got {_describe(value)}")
+        return _parse_address(value, self.where(name), default)
+
+    def section(self, name: str, schema: type) -> _Section:
+        value = self._take(name)
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise self.error(name, f"expected a mapping of fields, got {_describe(value)}")
+        return _Section(value, self.where(name), self._base_dir, schema)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    return repr(value)
+
+
+def _parse_address(text: str, where: str, example: Address) -> Address:
+    raw = text.strip()
+    if raw.startswith("["):
+        host, bracket, rest = raw[1:].partition("]")
+        port_text = rest[1:] if bracket and rest.startswith(":") else ""
+    else:
+        host, _, port_text = raw.rpartition(":")
+    bad_host = (
+        not host or (":" in host and not raw.startswith("[")) or any(c.isspace() for c in host)
+    )
+    if bad_host or not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"{where}: expected host:port, e.g. '{example}', got {text!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"{where}: port {port} is out of range 0-65535")
+    return Address(host, port)
+
+
+def _check_name(where: str, value: str, pattern: re.Pattern[str], kind: str) -> str:
+    if not pattern.match(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid Kubernetes {kind} (lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _read_namespace(namespace_file: Path) -> str:
+    """The pod's own namespace when running in one, else herald's default."""
+    try:
+        found = namespace_file.read_text().strip()
+    except OSError:
+        return DEFAULT_NAMESPACE
+    return found or DEFAULT_NAMESPACE
+
+
+def _read_ca(section: _Section, mode: Mode) -> CAConfig:
+    key_types = tuple(KeyType)
+    defaults = CAConfig()
+    ca = CAConfig(
+        key_type=section.choice("key_type", key_types, defaults.key_type),
+        ttl=section.duration("ttl", defaults.ttl),
+        x509_svid_ttl=section.duration("x509_svid_ttl", defaults.x509_svid_ttl),
+        jwt_svid_ttl=section.duration("jwt_svid_ttl", defaults.jwt_svid_ttl),
+        jwt_key_type=section.choice("jwt_key_type", key_types, defaults.jwt_key_type),
+        agent_svid_ttl=section.duration("agent_svid_ttl", defaults.agent_svid_ttl),
+        refresh_hint=section.duration("refresh_hint", defaults.refresh_hint),
+        upstream=_read_upstream(section, mode),
+    )
+    for name in ("x509_svid_ttl", "jwt_svid_ttl", "agent_svid_ttl"):
+        ttl: timedelta = getattr(ca, name)
+        if ttl * 2 >= ca.ttl:
+            raise section.error(
+                name,
+                f"{format_duration(ttl.total_seconds())} must be less than half of "
+                f"{section.where('ttl')} ({format_duration(ca.ttl.total_seconds())}), so that "
+                "every SVID a CA signs expires well before the CA; lower it or raise ca.ttl",
+            )
+    if ca.refresh_hint >= ca.ttl:
+        raise section.error(
+            "refresh_hint",
+            f"must be less than {section.where('ttl')} "
+            f"({format_duration(ca.ttl.total_seconds())}), or agents would miss a CA rotation",
+        )
+    return ca
+
+
+def _read_upstream(ca: _Section, mode: Mode) -> UpstreamConfig | None:
+    section = ca.section("upstream", UpstreamConfig)
+    if not ca.has("upstream"):
+        return None
+    upstream = UpstreamConfig(
+        dir=section.path("dir"),
+        secret=section.string("secret", "") or None,
+    )
+    if upstream.dir is not None and upstream.secret is not None:
+        raise ca.error("upstream", "give either 'dir' or 'secret', not both")
+    if upstream.dir is None and upstream.secret is None:
+        raise ca.error(
+            "upstream",
+            "give 'dir' (a directory holding tls.crt, tls.key and ca.crt) or 'secret' "
+            "(the name of a Kubernetes Secret with those keys)",
+        )
+    if upstream.secret is not None:
+        if mode != "kubernetes":
+            raise section.error(
+                "secret", "only in kubernetes mode; in standalone mode use ca.upstream.dir"
+            )
+        _check_name(section.where("secret"), upstream.secret, _DNS_SUBDOMAIN, "object name")
+    return upstream
+
+
+def _read_limits(section: _Section) -> LimitsConfig:
+    defaults = LimitsConfig()
+    limits = LimitsConfig(
+        max_batch=section.integer("max_batch", defaults.max_batch, 1, 100_000),
+        max_message_bytes=section.integer(
+            "max_message_bytes", defaults.max_message_bytes, 64 * 1024, MAX_MESSAGE_BYTES
+        ),
+        sign_rate_per_agent=section.number(
+            "sign_rate_per_agent", defaults.sign_rate_per_agent, 0.001
+        ),
+        sign_burst_per_agent=section.integer(
+            "sign_burst_per_agent", defaults.sign_burst_per_agent, 1, 10_000_000
+        ),
+    )
+    if limits.sign_burst_per_agent < limits.max_batch:
+        raise section.error(
+            "sign_burst_per_agent",
+            f"{limits.sign_burst_per_agent} is less than {section.where('max_batch')} "
+            f"({limits.max_batch}); a full batch could never be signed",
+        )
+    return limits
+
+
+def _read_kubernetes(
+    section: _Section, mode: Mode, trust_domain: TrustDomain, namespace_file: Path
+) -> KubernetesConfig:
+    defaults = KubernetesConfig()
+    namespace = _check_name(
+        section.where("namespace"),
+        section.string("namespace", _read_namespace(namespace_file)),
+        _DNS_LABEL,
+        "namespace",
+    )
+    config = KubernetesConfig(
+        namespace=namespace,
+        cluster_name=section.string("cluster_name", ""),
+        ca_secret=section.string("ca_secret", defaults.ca_secret),
+        bundle_configmap=section.string("bundle_configmap", defaults.bundle_configmap),
+        lease_name=section.string("lease_name", defaults.lease_name),
+        agent_namespace=section.string("agent_namespace", namespace),
+        agent_service_accounts=section.strings(
+            "agent_service_accounts", defaults.agent_service_accounts
+        ),
+        audience=section.string("audience", defaults.audience),
+        kubeconfig=section.path("kubeconfig"),
+    )
+    for name in ("ca_secret", "bundle_configmap", "lease_name"):
+        _check_name(section.where(name), getattr(config, name), _DNS_SUBDOMAIN, "object name")
+    _check_name(section.where("agent_namespace"), config.agent_namespace, _DNS_LABEL, "namespace")
+    if not config.agent_service_accounts:
+        raise section.error("agent_service_accounts", "needs at least one service account")
+    for index, account in enumerate(config.agent_service_accounts):
+        where = section.where(f"agent_service_accounts[{index}]")
+        _check_name(where, account, _DNS_SUBDOMAIN, "service account name")
+    if mode == "kubernetes":
+        _check_cluster_name(section, config.cluster_name, trust_domain)
+    return config
+
+
+def _check_cluster_name(section: _Section, cluster_name: str, trust_domain: TrustDomain) -> None:
+    if not cluster_name:
+        raise section.error(
+            "cluster_name",
+            "required in kubernetes mode; agent IDs carry it "
+            "(spiffe://<trust domain>/herald/agent/k8s_psat/<cluster_name>/<node uid>)",
+        )
+    try:
+        SpiffeId.from_segments(trust_domain, "herald", "agent", "k8s_psat", cluster_name)
+    except SpiffeIdError as exc:
+        raise section.error("cluster_name", f"cannot be part of an agent ID: {exc}") from exc
+
+
+def _check_listeners(config: ServerConfig) -> None:
+    seen: dict[Address, str] = {}
+    for name in ("attestation_address", "agent_address", "health_address"):
+        address: Address = getattr(config, name)
+        if address.port != 0 and address in seen:
+            raise ConfigError(
+                f"{name}: same as {seen[address]} ({address}); each listener needs its own port"
+            )
+        seen[address] = name
+    size = len(str(config.admin_socket).encode())
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"admin_socket: {config.admin_socket} is {size} bytes long; a Unix socket path can "
+            f"be at most {MAX_SOCKET_PATH_BYTES}"
+        )
+
+
+def _read_dns_names(section: _Section) -> tuple[str, ...]:
+    names = section.strings("server_dns_names", ())
+    for index, name in enumerate(names):
+        try:
+            check_dns_name(name)
+        except EntryError as exc:
+            why = str(exc).removeprefix("dnsNames: ")
+            raise section.error(f"server_dns_names[{index}]", why) from exc
+    return names
+
+
+def _read_trust_domain(section: _Section) -> TrustDomain:
+    if not section.has("trust_domain"):
+        raise section.error("trust_domain", "required (e.g. 'example.org')")
+    text = section.string("trust_domain", "")
+    try:
+        return TrustDomain.parse(text.strip())
+    except SpiffeIdError as exc:
+        raise section.error("trust_domain", str(exc)) from exc
+
+
+def config_from_mapping(
+    raw: Mapping[str, Any], *, base_dir: Path, namespace_file: Path = NAMESPACE_FILE
+) -> ServerConfig:
+    """Check and build a ServerConfig from a parsed document; relative paths join ``base_dir``."""
+    top = _Section(raw, "", base_dir, ServerConfig)
+    trust_domain = _read_trust_domain(top)
+    mode = top.choice("mode", MODES, "standalone")
+    log_level = top.choice("log_level", tuple(LOG_LEVELS), "info")
+    log_format = top.choice("log_format", LOG_FORMATS, "text")
+    data_dir = top.path("data_dir") or DEFAULT_DATA_DIR
+    defaults = ServerConfig(trust_domain)
+    addresses = {
+        name: top.address(name, getattr(defaults, name))
+        for name in ("attestation_address", "agent_address", "health_address")
+    }
+    admin_socket = top.path("admin_socket") or data_dir / ADMIN_SOCKET_NAME
+    server_dns_names = _read_dns_names(top)
+    ca = _read_ca(top.section("ca", CAConfig), mode)
+    join_token_ttl = top.duration("join_token_ttl", defaults.join_token_ttl)
+    limits = _read_limits(top.section("limits", LimitsConfig))
+    if mode == "standalone" and top.has("kubernetes"):
+        raise top.error("kubernetes", "set, but mode is standalone; set mode: kubernetes")
+    kubernetes = _read_kubernetes(
+        top.section("kubernetes", KubernetesConfig), mode, trust_domain, namespace_file
+    )
+    config = ServerConfig(
+        trust_domain=trust_domain,
+        mode=mode,
+        data_dir=data_dir,
+        log_level=log_level,
+        log_format=log_format,
+        admin_socket=admin_socket,
+        server_dns_names=server_dns_names,
+        ca=ca,
+        join_token_ttl=join_token_ttl,
+        limits=limits,
+        kubernetes=kubernetes,
+        **addresses,
+    )
+    _check_listeners(config)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top, got {_describe(doc)}")
+    return doc
+
+
+def _apply_override(doc: dict[str, Any], dotted: str, value: object) -> None:
+    *parents, last = dotted.split(".")
+    target = doc
+    for name in parents:
+        child = target.get(name)
+        if not isinstance(child, dict):
+            child = {}
+            target[name] = child
+        target = child
+    target[last] = value
+
+
+def load_config(
+    path: Path | None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    namespace_file: Path = NAMESPACE_FILE,
+) -> ServerConfig:
+    """Read ``path`` (or start empty), apply ``overrides`` keyed by field path, and check it.
+
+    Override values are used as given (a relative path in one is relative to the current
+    directory); None values are skipped, so unset command-line flags can be passed straight in.
+    """
+    doc = _read_file(path) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _apply_override(
+                doc, dotted, str(value.absolute()) if isinstance(value, Path) else value
+            )
+    base_dir = path.parent.resolve() if path is not None else Path.cwd()
+    return config_from_mapping(doc, base_dir=base_dir, namespace_file=namespace_file)
