@@ -22,6 +22,8 @@ from herald_core.entry import EntryError, check_dns_name
 from herald_core.keys import KeyType
 from herald_core.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+from herald_server.ca import CASettings
+from herald_server.upstream import UpstreamAuthority
 
 Mode = Literal["standalone", "kubernetes"]
 MODES: Final[tuple[Mode, ...]] = ("standalone", "kubernetes")
@@ -116,6 +118,31 @@ class ServerConfig:
     join_token_ttl: timedelta = timedelta(minutes=10)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+
+    def to_ca_settings(self, upstream: UpstreamAuthority | None = None) -> CASettings:
+        """The CA manager's settings; ``upstream`` is the CA that ``ca.upstream`` names, loaded.
+
+        Loading it is the caller's job (``load_upstream_files(ca.upstream.dir)`` or
+        ``upstream_from_secret_data``), because a Secret is read through the Kubernetes API.
+        """
+        if (self.ca.upstream is None) != (upstream is None):
+            raise ConfigError(
+                "ca.upstream: configured but not loaded"
+                if upstream is None
+                else "ca.upstream: an upstream CA was given but none is configured"
+            )
+        return CASettings(
+            trust_domain=self.trust_domain,
+            key_type=self.ca.key_type,
+            ca_ttl=self.ca.ttl,
+            x509_svid_ttl=self.ca.x509_svid_ttl,
+            jwt_svid_ttl=self.ca.jwt_svid_ttl,
+            jwt_key_type=self.ca.jwt_key_type,
+            agent_svid_ttl=self.ca.agent_svid_ttl,
+            refresh_hint=self.ca.refresh_hint,
+            server_dns_names=self.server_dns_names,
+            upstream=upstream,
+        )
 
 
 class _Section:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import textwrap
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from herald_core.keys import KeyType
+from herald_core.keys import KeyType, generate_key
 from herald_core.spiffeid import TrustDomain
+from herald_core.x509svid import make_ca_certificate
+from herald_server.ca import CASettings
 from herald_server.config import (
     Address,
     ConfigError,
@@ -19,6 +21,7 @@ from herald_server.config import (
     config_from_mapping,
     load_config,
 )
+from herald_server.upstream import UpstreamAuthority
 
 
 @pytest.fixture
@@ -363,3 +366,53 @@ def test_config_is_frozen(no_pod: Path) -> None:
     config = build({}, no_pod)
     with pytest.raises(AttributeError):
         config.mode = "kubernetes"  # type: ignore[misc]
+
+
+def test_to_ca_settings_carries_every_ca_field(no_pod: Path) -> None:
+    config = build(
+        {
+            "server_dns_names": ["herald-server.herald.svc"],
+            "ca": {
+                "key_type": "ec-p384",
+                "ttl": "48h",
+                "x509_svid_ttl": "2h",
+                "jwt_svid_ttl": "10m",
+                "jwt_key_type": "rsa-2048",
+                "agent_svid_ttl": "3h",
+                "refresh_hint": "1m",
+            },
+        },
+        no_pod,
+    )
+    settings = config.to_ca_settings()
+    assert settings == CASettings(
+        trust_domain=TrustDomain("example.org"),
+        key_type=KeyType.EC_P384,
+        ca_ttl=timedelta(hours=48),
+        x509_svid_ttl=timedelta(hours=2),
+        jwt_svid_ttl=timedelta(minutes=10),
+        jwt_key_type=KeyType.RSA_2048,
+        agent_svid_ttl=timedelta(hours=3),
+        refresh_hint=timedelta(minutes=1),
+        server_dns_names=("herald-server.herald.svc",),
+        upstream=None,
+    )
+
+
+def upstream_authority() -> UpstreamAuthority:
+    key = generate_key()
+    now = datetime.now(UTC)
+    root = make_ca_certificate(
+        key, TrustDomain("corp.example"), not_before=now, not_after=now + timedelta(days=30)
+    )
+    return UpstreamAuthority(cert_chain=(root,), key=key, roots=(root,))
+
+
+def test_to_ca_settings_takes_the_loaded_upstream(no_pod: Path) -> None:
+    config = build({"ca": {"upstream": {"dir": "/etc/herald/upstream"}}}, no_pod)
+    upstream = upstream_authority()
+    assert config.to_ca_settings(upstream).upstream is upstream
+    with pytest.raises(ConfigError, match=r"^ca.upstream: configured but not loaded$"):
+        config.to_ca_settings()
+    with pytest.raises(ConfigError, match="an upstream CA was given but none is configured"):
+        build({}, no_pod).to_ca_settings(upstream)
