@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -255,14 +256,20 @@ def test_unreadable_and_malformed_files_are_named(tmp_path: Path) -> None:
     data = make_pki().secret_data()
     directory = write_files(tmp_path, data)
     (directory / "ca.crt").unlink()
-    with pytest.raises(UpstreamError, match=rf"cannot read {directory / 'ca.crt'}: No such file"):
+    with pytest.raises(
+        UpstreamError, match=re.escape(f"cannot read {directory / 'ca.crt'}: No such file")
+    ):
         load_upstream_files(directory, clock=FakeClock(NOW))
     (directory / "ca.crt").write_bytes(b"not a certificate")
-    with pytest.raises(UpstreamError, match=rf"{directory / 'ca.crt'}: no PEM CERTIFICATE block"):
+    with pytest.raises(
+        UpstreamError, match=re.escape(f"{directory / 'ca.crt'}: no PEM CERTIFICATE block")
+    ):
         load_upstream_files(directory, clock=FakeClock(NOW))
     write_files(directory, data)
     (directory / "tls.key").write_bytes(
         b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
     )
-    with pytest.raises(UpstreamError, match=rf"{directory / 'tls.key'}: cannot parse private key"):
+    with pytest.raises(
+        UpstreamError, match=re.escape(f"{directory / 'tls.key'}: cannot parse private key")
+    ):
         load_upstream_files(directory, clock=FakeClock(NOW))
