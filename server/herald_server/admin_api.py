@@ -29,6 +29,7 @@ from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_core.wire import WireError, bundle_to_proto, entry_from_proto, entry_to_proto
 from herald_server.agents import TokenStore
+from herald_server.ca import RESERVED_PATH, CAError
 from herald_server.entries import (
     EntryExistsError,
     EntryNotFoundError,
@@ -36,6 +37,7 @@ from herald_server.entries import (
     EntryStoreError,
     ReadOnlyStoreError,
 )
+from herald_server.node_attestation import JoinTokenAttestor, agent_id_for
 
 # The socket is local and its callers are administrators: a listing of every entry of a large
 # cluster must fit in one response.
@@ -47,9 +49,6 @@ CHANNEL_OPTIONS: Final = (
 JOIN_TOKENS_STANDALONE_ONLY: Final = (
     "join tokens are for standalone mode; Kubernetes agents attest with service account tokens"
 )
-# IDs under spiffe://<td>/herald/ belong to herald's agents and server; an alias there
-# would let a join-token agent pass for another one.
-_RESERVED_PATH: Final = "/herald"
 
 _log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -78,11 +77,6 @@ def _store_status(exc: Exception) -> grpc.StatusCode:
     if isinstance(exc, EntryError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
-
-
-def join_token_agent_id(trust_domain: TrustDomain, token_id: str) -> SpiffeId:
-    """The ID JoinTokenAttestor gives the agent that uses the token (node_attestation)."""
-    return SpiffeId.from_segments(trust_domain, "herald", "agent", "join_token", token_id)
 
 
 class AdminService(admin_pb2_grpc.AdminAPIServicer):
@@ -188,10 +182,13 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
             alias = self._alias(request.spiffe_id)
         except ValueError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        value, record = await self._tokens.create_token(
-            ttl=ttl or self._join_token_ttl, alias=alias
-        )
-        agent_id = join_token_agent_id(self._trust_domain, record.token_id)
+        try:
+            value, record = await self._tokens.create_token(
+                ttl=ttl or self._join_token_ttl, alias=alias
+            )
+        except EntryStoreError as exc:
+            await _abort(context, _store_status(exc), str(exc))
+        agent_id = agent_id_for(self._trust_domain, JoinTokenAttestor.method, record.token_id)
         log_event(
             _log,
             "info",
@@ -210,7 +207,10 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
     async def GetBundle(
         self, request: admin_pb2.GetBundleRequest, context: _Context
     ) -> admin_pb2.GetBundleResponse:
-        bundle = self._ca.bundle()
+        try:
+            bundle = self._ca.bundle()
+        except CAError as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no trust bundle yet: {exc}")
         return admin_pb2.GetBundleResponse(
             bundle=bundle_to_proto(bundle), spiffe_jwks=bundle.to_spiffe_jwks()
         )
@@ -246,9 +246,10 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
             )
         if alias.is_root:
             raise ValueError(f"spiffeID: {alias} has no path; an agent alias needs one")
-        if alias.is_under(SpiffeId(self._trust_domain, _RESERVED_PATH)):
+        # An alias among herald's own IDs would let a join-token agent pass for another agent.
+        if alias.is_under(SpiffeId(self._trust_domain, RESERVED_PATH)):
             raise ValueError(
-                f"spiffeID: {alias} is under {self._trust_domain.id}{_RESERVED_PATH}/, "
+                f"spiffeID: {alias} is under {self._trust_domain.id}{RESERVED_PATH}/, "
                 "which is reserved for herald's own agents and server"
             )
         return alias

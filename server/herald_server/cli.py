@@ -235,9 +235,9 @@ def _check_socket(socket_path: Path) -> None:
         )
 
 
-def _rpc_error(exc: grpc.aio.AioRpcError, socket_path: Path) -> str:
+def _rpc_error(exc: grpc.aio.AioRpcError, socket_path: Path, connected: bool) -> str:
     code = exc.code()
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code is grpc.StatusCode.UNAVAILABLE and not connected:
         return f"cannot reach herald-server at {socket_path}: {exc.details()}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"herald-server at {socket_path} did not answer in time"
@@ -254,12 +254,15 @@ def _run_on_channel(
 
     async def once() -> _T:
         async with admin_channel(socket_path) as channel:
-            return await asyncio.wait_for(use(channel), timeout)
+            try:
+                return await asyncio.wait_for(use(channel), timeout)
+            except grpc.aio.AioRpcError as exc:
+                # UNAVAILABLE from a server that answered is its own message, not a lost line.
+                connected = channel.get_state() is grpc.ChannelConnectivity.READY
+                raise click.ClickException(_rpc_error(exc, socket_path, connected)) from None
 
     try:
         return asyncio.run(once())
-    except grpc.aio.AioRpcError as exc:
-        raise click.ClickException(_rpc_error(exc, socket_path)) from None
     except TimeoutError:
         raise click.ClickException(
             f"herald-server at {socket_path} did not answer within {timeout:g}s"

@@ -16,23 +16,27 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
 from herald_core.bundle import Bundle
 from herald_core.entry import Entry
+from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
+from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.selector import parse_selectors
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_server.admin_api import (
     JOIN_TOKENS_STANDALONE_ONLY,
     AdminService,
     AdminSocketError,
+    admin_channel,
     serve_admin,
 )
 from herald_server.ca import CAManager, CASettings
@@ -588,6 +592,113 @@ def test_healthcheck_without_a_server(short_dir: Path) -> None:
     assert result.output.startswith(
         f"Error: server is unhealthy: cannot reach herald-server at {path}: "
     )
+
+
+# ---------------------------------------------------------------- the API's status codes
+
+
+async def rpc_error(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), caught.value.details() or ""
+
+
+def good_entry(**change: object) -> types_pb2.Entry:
+    message = types_pb2.Entry(
+        spiffe_id=WEB,
+        parent_id=AGENT,
+        selectors=[types_pb2.Selector(type="unix", value="uid:1000")],
+    )
+    for name, value in change.items():
+        setattr(message, name, value)
+    return message
+
+
+async def test_api_status_codes(admin: Admin) -> None:
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    async with admin_channel(admin.socket) as channel:
+        stub = admin_pb2_grpc.AdminAPIStub(channel)
+        create = stub.CreateEntry
+        assert await rpc_error(
+            create(admin_pb2.CreateEntryRequest(entry=good_entry(spiffe_id="web")))
+        ) == (invalid, "spiffeID: scheme must be 'spiffe://': 'web'")
+        no_selectors = types_pb2.Entry(spiffe_id=WEB, parent_id=AGENT)
+        assert await rpc_error(create(admin_pb2.CreateEntryRequest(entry=no_selectors))) == (
+            invalid,
+            "selectors: at least one selector is required",
+        )
+        assert await rpc_error(
+            create(admin_pb2.CreateEntryRequest(entry=good_entry(x509_svid_ttl=-1)))
+        ) == (invalid, "x509SVIDTTL: must be between 0 (default) and 31622400 seconds")
+
+        # Revision and creation time are the server's, whatever the client sends.
+        created = await create(
+            admin_pb2.CreateEntryRequest(entry=good_entry(revision=99, created_at=5))
+        )
+        assert created.id
+        assert created.revision == 1
+        assert created.created_at > 5
+        assert await rpc_error(
+            create(admin_pb2.CreateEntryRequest(entry=good_entry(id="second")))
+        ) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"entry {created.id} already has spiffeID {WEB}, parentID {AGENT} and the same "
+            "selectors",
+        )
+        assert await rpc_error(
+            stub.UpdateEntry(admin_pb2.UpdateEntryRequest(entry=good_entry()))
+        ) == (invalid, "id: required to update")
+        assert await rpc_error(
+            stub.UpdateEntry(admin_pb2.UpdateEntryRequest(entry=good_entry(id="gone")))
+        ) == (grpc.StatusCode.NOT_FOUND, "no entry with id gone")
+        assert await rpc_error(stub.GetEntry(admin_pb2.GetEntryRequest(id="gone"))) == (
+            grpc.StatusCode.NOT_FOUND,
+            "no entry with id gone",
+        )
+        assert await rpc_error(stub.DeleteEntry(admin_pb2.DeleteEntryRequest())) == (
+            invalid,
+            "id: required",
+        )
+        bad_filter = admin_pb2.ListEntriesRequest(
+            by_selectors=[types_pb2.Selector(type="k8s", value="namespace:x")]
+        )
+        code, details = await rpc_error(stub.ListEntries(bad_filter))
+        assert (code, details.split(";")[0]) == (
+            invalid,
+            "by_selectors: unknown k8s selector key 'namespace' in 'k8s:namespace:x'",
+        )
+        assert await rpc_error(
+            stub.ListEntries(admin_pb2.ListEntriesRequest(by_parent_id="agent"))
+        ) == (invalid, "by_parent_id: scheme must be 'spiffe://': 'agent'")
+        assert await rpc_error(
+            stub.CreateJoinToken(admin_pb2.CreateJoinTokenRequest(ttl_seconds=-1))
+        ) == (
+            invalid,
+            "ttl_seconds: must be between 1 and 31622400 (0: the server default), got -1",
+        )
+    assert [e.id for e in admin.stored()] == [created.id]
+
+
+async def test_bundle_before_the_ca_started(short_dir: Path, tmp_path: Path) -> None:
+    idle = CAManager(CASettings(trust_domain=TD), DirKeyStore(tmp_path / "ca"))
+    store = CustomResourceStore()
+    service = AdminService(
+        entries=store, tokens=None, ca=idle, trust_domain=TD, join_token_ttl=timedelta(minutes=1)
+    )
+    server = await serve_admin(short_dir / "admin.sock", service)
+    try:
+        async with admin_channel(short_dir / "admin.sock") as channel:
+            stub = admin_pb2_grpc.AdminAPIStub(channel)
+            assert await rpc_error(stub.GetBundle(admin_pb2.GetBundleRequest())) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "no trust bundle yet: the CA manager is not started",
+            )
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["healthcheck", "-socketPath", str(short_dir / "admin.sock")]
+        )
+        fails(result, "server is unhealthy: no trust bundle yet: the CA manager is not started")
+    finally:
+        await server.stop(None)
 
 
 # ---------------------------------------------------------------- Kubernetes mode
