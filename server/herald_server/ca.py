@@ -178,7 +178,9 @@ _Create = Callable[[datetime, datetime, SlotStatus], _Slot]
 class CAManager:
     """Holds the CA state, rotates it (leader), follows it (others), and signs with it."""
 
-    def __init__(self, settings: CASettings, keystore: KeyStore, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self, settings: CASettings, keystore: KeyStore, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._settings = settings
         self._store = keystore
         self._clock = clock
@@ -224,6 +226,14 @@ class CAManager:
             changed = await self._rotate_state(self._require())
         _, reissued = self._current_server_tls(self._clock.now())
         return reissued or changed
+
+    def replace_upstream(self, upstream: UpstreamAuthority) -> None:
+        """Sign CAs prepared from now on with a renewed upstream (cert-manager renews it at 2/3
+        of its life). Existing CAs keep their chains, and their roots stay in the bundle until
+        they are dropped, so a changed root is published before anything chains to it."""
+        if not isinstance(upstream, UpstreamAuthority):
+            raise CAError("upstream must be an UpstreamAuthority")
+        self._settings = dataclasses.replace(self._settings, upstream=upstream)
 
     def next_rotation_at(self) -> datetime:
         """When ``rotate`` next has work (possibly already past: call it now)."""

@@ -586,6 +586,33 @@ async def test_under_an_upstream_svids_chain_to_its_root(tmp_path: Path) -> None
         verify_chain(chain, (make_pki().root.cert,), now=NOW)
 
 
+async def test_a_renewed_upstream_signs_the_next_ca_and_its_root_joins_the_bundle(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(NOW)
+    old = make_pki(upstream_not_after=NOW + 30 * HOUR)
+    ca = manager_on(tmp_path / "data", clock, settings=CASettings(TD, upstream=old.authority()))
+    await ca.start()
+    clock.set(NOW + 7 * HOUR)
+    first = ca.sign_x509_svid(PUBLIC_KEY, WORKLOAD, ttl=11 * HOUR)
+    renewed = make_pki()  # a new root too: the worst case
+    ca.replace_upstream(renewed.authority())
+    clock.set(NOW + 8 * HOUR)
+    await ca.rotate()
+    assert ca.bundle().x509_authorities == (old.root.cert, renewed.root.cert)
+    clock.set(NOW + 12 * HOUR)
+    second = ca.sign_x509_svid(PUBLIC_KEY, WORKLOAD)
+    assert second[2:] == [renewed.upstream.cert, renewed.intermediate.cert]
+    assert second[1].not_valid_after_utc == NOW + 8 * HOUR + CA_TTL  # no longer capped
+    for chain in (first, second):
+        verify_chain(chain, ca.bundle().x509_authorities, now=clock.now())
+    clock.set(NOW + 24 * HOUR)
+    await ca.rotate()  # the first CA expired: the old root leaves with it
+    assert ca.bundle().x509_authorities == (renewed.root.cert,)
+    with pytest.raises(CAError, match="upstream must be an UpstreamAuthority"):
+        ca.replace_upstream(None)  # type: ignore[arg-type]
+
+
 async def test_an_expired_upstream_cannot_make_a_ca(tmp_path: Path) -> None:
     pki = make_pki(upstream_not_after=NOW + HOUR)
     ca = manager_on(
