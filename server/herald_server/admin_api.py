@@ -36,6 +36,7 @@ from herald_server.entries import (
     EntryStore,
     EntryStoreError,
     ReadOnlyStoreError,
+    reserved_id_problem,
 )
 from herald_server.node_attestation import JoinTokenAttestor, agent_id_for
 
@@ -233,13 +234,15 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
                 f"parentID: {entry.parent_id} is not in the server's trust domain "
                 f"{self._trust_domain}",
             )
+        reserved = reserved_id_problem(entry)
+        if reserved is not None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reserved)
         return entry
 
     def _alias(self, text: str) -> SpiffeId | None:
         if not text:
             return None
-        alias = _optional_id("spiffeID", text)
-        assert alias is not None
+        alias = _parse_id("spiffeID", text)
         if not alias.is_member_of(self._trust_domain):
             raise ValueError(
                 f"spiffeID: {alias} is not in the server's trust domain {self._trust_domain}"
@@ -266,13 +269,15 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
         )
 
 
-def _optional_id(field: str, text: str) -> SpiffeId | None:
-    if not text:
-        return None
+def _parse_id(field: str, text: str) -> SpiffeId:
     try:
         return SpiffeId.parse(text)
     except SpiffeIdError as exc:
         raise ValueError(f"{field}: {exc}") from exc
+
+
+def _optional_id(field: str, text: str) -> SpiffeId | None:
+    return _parse_id(field, text) if text else None
 
 
 def _selectors(field: str, messages: Iterable[types_pb2.Selector]) -> frozenset[Selector]:

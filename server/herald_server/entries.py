@@ -17,6 +17,23 @@ from herald_core.entry import Entry, EntryIndex
 from herald_core.selector import Selector
 from herald_core.spiffeid import SpiffeId
 
+RESERVED_PATH = "/herald"
+
+
+def is_reserved_id(spiffe_id: SpiffeId) -> bool:
+    """IDs under ``/herald`` belong to herald itself (agents, the server): never to a workload.
+
+    A workload holding the server's or an agent's ID could impersonate it to other agents, so
+    no entry may carry one, whatever its source.
+    """
+    return spiffe_id.path == RESERVED_PATH or spiffe_id.path.startswith(RESERVED_PATH + "/")
+
+
+def reserved_id_problem(entry: Entry) -> str | None:
+    if is_reserved_id(entry.spiffe_id):
+        return f"spiffeID: {entry.spiffe_id} is reserved for herald's own agents and servers"
+    return None
+
 
 class EntryStoreError(Exception):
     """Base of the errors a store raises on a write; the message is meant for the operator."""

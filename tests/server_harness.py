@@ -1,0 +1,166 @@
+"""A real herald-server on loopback ports for tests, and the agent-side calls tests make to it.
+
+The harness starts HeraldServer exactly as `herald-server run` does (real SQLite, real CA
+directory, real TLS and mTLS gRPC servers, admin socket); `AgentCredentials` is what an agent
+holds after attesting: its key, its SVID chain and the bundle, and it opens mTLS channels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from herald_core.bundle import Bundle
+from herald_core.csr import make_csr
+from herald_core.entry import Entry
+from herald_core.keys import PrivateKey, generate_key, private_key_to_pem
+from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
+from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
+from herald_core.selector import parse_selectors
+from herald_core.spiffeid import SpiffeId
+from herald_core.wire import bundle_from_proto, entry_from_proto, entry_to_proto
+from herald_core.x509svid import certs_to_pem, parse_der_chain
+from herald_server.admin_api import admin_channel
+from herald_server.config import config_from_mapping
+from herald_server.server import HeraldServer
+
+TRUST_DOMAIN = "example.org"
+SERVER_NAME = "herald-server.test"
+
+
+def standalone_config(tmp: Path, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "trust_domain": TRUST_DOMAIN,
+        "data_dir": str(tmp / "data"),
+        "admin_socket": str(tmp / "admin" / "admin.sock"),
+        "attestation_address": "127.0.0.1:0",
+        "agent_address": "127.0.0.1:0",
+        "health_address": "127.0.0.1:0",
+        "server_dns_names": [SERVER_NAME],
+    }
+    doc.update(extra)
+    return doc
+
+
+async def start_server(tmp: Path, **extra: Any) -> HeraldServer:
+    config = config_from_mapping(standalone_config(tmp, **extra), base_dir=tmp)
+    server = HeraldServer(config)
+    await server.start()
+    return server
+
+
+def _channel_options() -> list[tuple[str, Any]]:
+    return [("grpc.ssl_target_name_override", SERVER_NAME)]
+
+
+def tls_channel(server: HeraldServer, bundle: Bundle | None = None) -> grpc.aio.Channel:
+    roots = certs_to_pem((bundle or server.ca.bundle()).x509_authorities)
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{server.attestation_port}",
+        grpc.ssl_channel_credentials(root_certificates=roots),
+        options=_channel_options(),
+    )
+
+
+@dataclass
+class AgentCredentials:
+    """An attested agent's key, SVID chain and bundle."""
+
+    spiffe_id: SpiffeId
+    key: PrivateKey
+    chain: list[x509.Certificate]
+    bundle: Bundle
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, server: HeraldServer) -> grpc.aio.Channel:
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{server.agent_port}",
+            grpc.ssl_channel_credentials(
+                root_certificates=certs_to_pem(self.bundle.x509_authorities),
+                private_key=private_key_to_pem(self.key),
+                certificate_chain=certs_to_pem(self.chain),
+            ),
+            options=_channel_options(),
+        )
+        self.channels.append(channel)
+        return channel
+
+    def stub(self, server: HeraldServer) -> agent_pb2_grpc.AgentAPIAsyncStub:
+        return agent_pb2_grpc.AgentAPIStub(self.channel(server))  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+def admin_stub(server: HeraldServer) -> tuple[grpc.aio.Channel, admin_pb2_grpc.AdminAPIAsyncStub]:
+    channel = admin_channel(server.config.admin_socket)
+    return channel, admin_pb2_grpc.AdminAPIStub(channel)  # type: ignore[return-value]
+
+
+async def join_token(server: HeraldServer, alias: str = "") -> str:
+    channel, admin = admin_stub(server)
+    async with channel:
+        token = await admin.CreateJoinToken(admin_pb2.CreateJoinTokenRequest(spiffe_id=alias))
+    return token.value
+
+
+async def attest(
+    server: HeraldServer, token: str, key: PrivateKey | None = None
+) -> AgentCredentials:
+    key = key or generate_key()
+    async with tls_channel(server) as channel:
+        stub: Any = agent_pb2_grpc.NodeAttestationStub(channel)
+        response = await stub.AttestAgent(
+            agent_pb2.AttestAgentRequest(
+                join_token=agent_pb2.JoinTokenParams(token=token),
+                csr=make_csr(key, SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/unused")),
+            )
+        )
+    chain = [c for der in response.svid.cert_chain for c in parse_der_chain(der)]
+    return AgentCredentials(
+        SpiffeId.parse(response.svid.spiffe_id), key, chain, bundle_from_proto(response.bundle)
+    )
+
+
+async def new_agent(server: HeraldServer, alias: str = "") -> AgentCredentials:
+    return await attest(server, await join_token(server, alias))
+
+
+async def create_entry(
+    server: HeraldServer,
+    path: str,
+    parent: SpiffeId,
+    selectors: Sequence[str] = ("unix:uid:1000",),
+    **fields: Any,
+) -> Entry:
+    entry = Entry(
+        id=fields.pop("id", path.strip("/").replace("/", "-")),
+        spiffe_id=SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}{path}"),
+        parent_id=parent,
+        selectors=parse_selectors(selectors),
+        **fields,
+    )
+    channel, admin = admin_stub(server)
+    async with channel:
+        stored = await admin.CreateEntry(admin_pb2.CreateEntryRequest(entry=entry_to_proto(entry)))
+    return entry_from_proto(stored)
+
+
+def csr_for(entry: Entry, key: PrivateKey | None = None) -> tuple[PrivateKey, bytes]:
+    key = key or generate_key()
+    return key, make_csr(key, entry.spiffe_id)
+
+
+def leaf_of(result: agent_pb2.X509SVIDResult) -> x509.Certificate:
+    return parse_der_chain(result.cert_chain[0])[0]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
