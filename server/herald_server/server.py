@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Coroutine
@@ -146,6 +147,8 @@ class HeraldServer:
         await self.store.start()
         self.metrics.track_entries(lambda: len(self.store.cache))
         self.ca.add_bundle_listener(self._on_bundle)
+        if self._elector is not None:
+            self._elector.add_listener(self._on_leadership)
         self._on_bundle(self.ca.bundle())
         await self._start_grpc(registry, attestors)
         await self._start_admin(tokens)
@@ -194,7 +197,10 @@ class HeraldServer:
         return MemoryAgentRegistry(), None, {"k8s_psat": psat}, keystore
 
     def _make_elector(self) -> LeaseElector:
-        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        # Unique per process: a restarted container must not mistake its predecessor's lease
+        # for its own while that one may still be shutting down.
+        base = os.environ.get("POD_NAME") or socket.gethostname()
+        identity = f"{base}-{secrets.token_hex(4)}"
         elector = LeaseElector(
             self._api(),
             namespace=self.config.kubernetes.namespace,
@@ -202,7 +208,6 @@ class HeraldServer:
             identity=identity,
             clock=self._clock,
         )
-        elector.add_listener(self._on_leadership)
         return elector
 
     async def _load_upstream(self) -> UpstreamAuthority | None:
