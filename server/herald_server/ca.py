@@ -198,7 +198,8 @@ class CAManager:
         """Load the state. An empty store gets its first CA and JWT key from the leader; a
         follower waits (on the store's watch) until the leader has written them, so bound the
         wait with ``asyncio.timeout`` if it must end. A leader then catches up with any rotation
-        that fell due while no server ran.
+        that fell due while no server ran; if that fails, start raises and the manager stays
+        unstarted, so start can simply be retried.
         """
         async with self._update_lock:
             if self._snapshot is not None:
@@ -212,10 +213,14 @@ class CAManager:
             state, version = loaded
             self._check_trust_domain(state)
             self._install(state, version)
-        if leader:
-            await self.rotate()
-        else:
+        if not leader:
             self._follow_server_tls()
+            return
+        try:
+            await self.rotate()
+        except CAError:
+            self._snapshot = None
+            raise
 
     async def rotate(self) -> bool:
         """Prepare, activate and drop slots as the clock says, save the state when it changed,

@@ -15,7 +15,7 @@ from herald_core.jwtsvid import validate_jwt_svid
 from herald_core.keys import generate_key
 from herald_core.spiffeid import SpiffeId
 from herald_core.x509svid import verify_chain
-from herald_server.ca import CAManager, CASettings
+from herald_server.ca import CAError, CAManager, CASettings
 from herald_server.keystore import (
     STATE_FILE,
     CAState,
@@ -110,6 +110,19 @@ async def test_api_errors_are_reported_with_the_secret(kube: KubeCluster) -> Non
     kube.emulator[f"get /api/v1/namespaces/{NAMESPACE}/secrets/herald-ca"] << 503
     with pytest.raises(KeyStoreError, match="cannot read Secret herald/herald-ca: HTTP 503"):
         await store_of(kube).load()
+
+
+async def test_a_failed_catch_up_leaves_the_manager_unstarted(kube: KubeCluster) -> None:
+    clock = FakeClock(NOW)
+    await CAManager(CASettings(TD), store_of(kube), clock).start()
+    kube.emulator[f"put /api/v1/namespaces/{NAMESPACE}/secrets/herald-ca"] << 503
+    clock.advance(timedelta(hours=8))  # the next CA is due: start must save
+    ca = CAManager(CASettings(TD), store_of(kube), clock)
+    for _ in range(2):  # retried, start fails for the same reason, not "already started"
+        with pytest.raises(CAError, match=r"cannot save the CA state: .*HTTP 503"):
+            await ca.start()
+        with pytest.raises(CAError, match="not started"):
+            ca.bundle()
 
 
 async def test_watch_sends_the_current_state_then_changes_and_survives_expiry(
