@@ -480,43 +480,45 @@ class CAManager:
     def _new_x509_slot(self, now: datetime, activate_at: datetime, status: SlotStatus) -> X509Slot:
         issued_at = _whole_seconds(now)
         key = generate_key(self._settings.key_type)
-        upstream = self._settings.upstream
         try:
-            if upstream is None:
-                cert = make_ca_certificate(
-                    key,
-                    self._td,
-                    not_before=issued_at - NOT_BEFORE_CUSHION,
-                    not_after=issued_at + self._settings.ca_ttl,
-                )
-                chain: tuple[x509.Certificate, ...] = (cert,)
-                roots: tuple[x509.Certificate, ...] = (cert,)
-            else:
-                upstream.check_valid_at(now)
-                cert = make_ca_certificate(
-                    key,
-                    self._td,
-                    not_before=issued_at - NOT_BEFORE_CUSHION,
-                    not_after=issued_at + self._settings.ca_ttl,
-                    issuer_cert=upstream.cert,
-                    issuer_key=upstream.key,
-                )
-                chain, roots = (cert, *upstream.intermediates), upstream.roots
+            chain, roots = self._ca_chain(key, issued_at, now)
         except (X509SvidError, UpstreamError) as exc:
             raise CAError(f"cannot create an X.509 CA: {exc}") from exc
-        if cert.not_valid_after_utc < issued_at + self._settings.ca_ttl:
+        not_after = chain[0].not_valid_after_utc
+        if not_after < issued_at + self._settings.ca_ttl:
             log.warning(
                 "the upstream CA caps the new CA's life: upstream_not_after=%s; renew it",
-                cert.not_valid_after_utc.isoformat(),
+                not_after.isoformat(),
             )
-        return X509Slot(status, chain, key, roots, issued_at, max(activate_at, issued_at))
+        return X509Slot(status, chain, key, roots, issued_at, activate_at)
+
+    def _ca_chain(
+        self, key: PrivateKey, issued_at: datetime, now: datetime
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+        """A new CA certificate's chain (itself, then upstream intermediates) and its roots."""
+        not_before = issued_at - NOT_BEFORE_CUSHION
+        not_after = issued_at + self._settings.ca_ttl
+        upstream = self._settings.upstream
+        if upstream is None:
+            cert = make_ca_certificate(key, self._td, not_before=not_before, not_after=not_after)
+            return (cert,), (cert,)
+        upstream.check_valid_at(now)
+        cert = make_ca_certificate(
+            key,
+            self._td,
+            not_before=not_before,
+            not_after=not_after,
+            issuer_cert=upstream.cert,
+            issuer_key=upstream.key,
+        )
+        return (cert, *upstream.intermediates), upstream.roots
 
     def _new_jwt_slot(self, now: datetime, activate_at: datetime, status: SlotStatus) -> JwtSlot:
         issued_at = _whole_seconds(now)
         kid = "".join(secrets.choice(_KID_ALPHABET) for _ in range(JWT_KID_LENGTH))
         key = generate_key(self._settings.jwt_key_type)
         not_after = issued_at + self._settings.ca_ttl
-        return JwtSlot(status, kid, key, issued_at, not_after, max(activate_at, issued_at))
+        return JwtSlot(status, kid, key, issued_at, not_after, activate_at)
 
     def _x509_signer(self, now: datetime) -> X509Slot:
         return _signer(self._require().state.x509_slots, now, "X.509 CA")
