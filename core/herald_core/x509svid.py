@@ -389,6 +389,70 @@ def _check_dns_names(dns_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dns_names)
 
 
+_LEAF_SUBJECT: Final = (
+    x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE"),
+)
+_LEAF_BASIC_CONSTRAINTS: Final = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_KEY_USAGE: Final = _key_usage(cert_sign=False)
+_LEAF_EXTENDED_KEY_USAGE: Final = x509.ExtendedKeyUsage([oid for oid, _ in _BOTH_AUTHS])
+
+
+class SvidIssuer:
+    """A signing certificate and its key, checked once, that issues many leaf SVIDs.
+
+    Everything about the issuer that each leaf needs (AKI, trust domain, digest, subject) is
+    worked out here, so a CA signing thousands of leaves pays for it once.
+    """
+
+    def __init__(self, cert: x509.Certificate, key: PrivateKey) -> None:
+        self.cert = cert
+        self.key = key
+        self._aki = _authority_key_id(cert, key)
+        self.trust_domain = _single_spiffe_id(cert, "issuer").trust_domain
+        self._digest = signature_hash(key)
+        self.not_after = cert.not_valid_after_utc
+
+    def leaf(
+        self,
+        public_key: PublicKey,
+        spiffe_id: SpiffeId,
+        *,
+        not_before: datetime,
+        not_after: datetime,
+        dns_names: Sequence[str] = (),
+        serial: int | None = None,
+    ) -> x509.Certificate:
+        """A workload leaf SVID shaped exactly like SPIRE's (see docs/x509-svid.md).
+
+        ``not_before`` should already be backdated (see svid_validity); ``not_after`` is capped
+        at the issuer's.
+        """
+        if spiffe_id.is_root:
+            raise X509SvidError(f"{spiffe_id} has no path; a leaf SVID needs a workload ID")
+        _require_supported_key(public_key, "leaf public key")
+        names = _check_dns_names(dns_names)
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise X509SvidError(
+                f"{spiffe_id} is not in the issuer's trust domain {self.trust_domain}"
+            )
+        attributes = list(_LEAF_SUBJECT)
+        if names:
+            attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, names[0]))
+        window = _window(not_before, not_after, cap=self.not_after)
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+        sans.extend(x509.DNSName(name) for name in names)
+        builder = (
+            _builder(x509.Name(attributes), self.cert.subject, public_key, _serial(serial), window)
+            .add_extension(self._aki, critical=False)
+            .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+            .add_extension(_LEAF_KEY_USAGE, critical=True)
+            .add_extension(_LEAF_EXTENDED_KEY_USAGE, critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
+        return builder.sign(self.key, self._digest)
+
+
 def make_leaf_certificate(
     public_key: PublicKey,
     spiffe_id: SpiffeId,
@@ -400,40 +464,15 @@ def make_leaf_certificate(
     dns_names: Sequence[str] = (),
     serial: int | None = None,
 ) -> x509.Certificate:
-    """A workload leaf SVID shaped exactly like SPIRE's (see docs/x509-svid.md).
-
-    ``not_before`` should already be backdated (see svid_validity); ``not_after`` is capped at
-    the issuer's.
-    """
-    if spiffe_id.is_root:
-        raise X509SvidError(f"{spiffe_id} has no path; a leaf SVID needs a workload ID")
-    _require_supported_key(public_key, "leaf public key")
-    names = _check_dns_names(dns_names)
-    aki = _authority_key_id(issuer_cert, issuer_key)
-    issuer_td = _single_spiffe_id(issuer_cert, "issuer").trust_domain
-    if spiffe_id.trust_domain != issuer_td:
-        raise X509SvidError(f"{spiffe_id} is not in the issuer's trust domain {issuer_td}")
-    attributes = [
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE"),
-    ]
-    if names:
-        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, names[0]))
-    window = _window(not_before, not_after, cap=issuer_cert.not_valid_after_utc)
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
-    sans.extend(x509.DNSName(name) for name in names)
-    builder = (
-        _builder(x509.Name(attributes), issuer_cert.subject, public_key, _serial(serial), window)
-        .add_extension(aki, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([oid for oid, _ in _BOTH_AUTHS]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    """One leaf SVID from ``issuer_cert``; use SvidIssuer to sign many with one issuer."""
+    return SvidIssuer(issuer_cert, issuer_key).leaf(
+        public_key,
+        spiffe_id,
+        not_before=not_before,
+        not_after=not_after,
+        dns_names=dns_names,
+        serial=serial,
     )
-    return builder.sign(issuer_key, signature_hash(issuer_key))
 
 
 def _sequence_end(data: bytes, start: int, position: int) -> int:
