@@ -29,13 +29,15 @@ from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_core.wire import WireError, bundle_to_proto, entry_from_proto, entry_to_proto
 from herald_server.agents import TokenStore
-from herald_server.ca import RESERVED_PATH, CAError
+from herald_server.ca import CAError
 from herald_server.entries import (
+    RESERVED_PATH,
     EntryExistsError,
     EntryNotFoundError,
     EntryStore,
     EntryStoreError,
     ReadOnlyStoreError,
+    is_reserved_id,
     reserved_id_problem,
 )
 from herald_server.node_attestation import JoinTokenAttestor, agent_id_for
@@ -250,7 +252,7 @@ class AdminService(admin_pb2_grpc.AdminAPIServicer):
         if alias.is_root:
             raise ValueError(f"spiffeID: {alias} has no path; an agent alias needs one")
         # An alias among herald's own IDs would let a join-token agent pass for another agent.
-        if alias.is_under(SpiffeId(self._trust_domain, RESERVED_PATH)):
+        if is_reserved_id(alias):
             raise ValueError(
                 f"spiffeID: {alias} is under {self._trust_domain.id}{RESERVED_PATH}/, "
                 "which is reserved for herald's own agents and server"

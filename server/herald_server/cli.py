@@ -25,13 +25,14 @@ from click.decorators import FC
 from herald_core import __version__
 from herald_core.durations import DurationError, format_duration, parse_duration
 from herald_core.entry import MAX_TTL_SECONDS, Entry, EntryError
+from herald_core.health import HealthServerError
 from herald_core.logs import setup_logging
 from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_core.wire import bundle_from_proto, entry_to_proto, selector_to_proto
-from herald_server.admin_api import admin_channel
+from herald_server.admin_api import AdminSocketError, admin_channel
 from herald_server.config import DEFAULT_ADMIN_SOCKET, ConfigError, load_config
 
 RPC_TIMEOUT_SECONDS: Final = 30.0
@@ -403,6 +404,9 @@ def run(
 
     try:
         asyncio.run(run_server(config))
+    except (ConfigError, AdminSocketError, HealthServerError) as exc:
+        # Startup failures the operator can fix; anything else is a bug and keeps its traceback.
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -212,13 +212,14 @@ def test_setup_logging_replaces_its_own_handler_and_sets_level() -> None:
     before_handlers, before_level = list(root.handlers), root.level
     first, second = io.StringIO(), io.StringIO()
     try:
-        setup_logging("warn", "text", first)
-        setup_logging("DEBUG", "json", second)
+        first_handler = setup_logging("warn", "text", first)
+        second_handler = setup_logging("DEBUG", "json", second)
         logging.getLogger("herald.x").debug("hello")
         assert first.getvalue() == ""
         assert json.loads(second.getvalue())["msg"] == "hello"
         assert root.level == logging.DEBUG
-        assert len(root.handlers) == len(before_handlers) + 1
+        assert first_handler not in root.handlers
+        assert root.handlers.count(second_handler) == 1
     finally:
         for handler in list(root.handlers):
             if handler not in before_handlers:
