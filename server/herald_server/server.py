@@ -340,6 +340,7 @@ class HeraldServer:
         return True, "ok"
 
     async def stop(self) -> None:
+        """Stop whatever ``start`` brought up, also after a start that failed half-way."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -351,13 +352,20 @@ class HeraldServer:
         self._grpc_servers.clear()
         if self._health is not None:
             await self._health.stop()
-        await self.store.stop()
+            self._health = None
+        store: EntryStore | None = getattr(self, "store", None)
+        if store is not None:
+            await store.stop()
 
 
 async def run(config: ServerConfig) -> None:
     """Run a server until SIGTERM or SIGINT."""
     server = HeraldServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -869,11 +869,6 @@ async def test_run_reports_a_blocked_admin_socket(tmp_path: Path, short_dir: Pat
     assert blocker.read_text() == "not a socket"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.run leaves the gRPC servers it started running when start() fails; "
-    "their teardown at exit prints tracebacks after the error",
-)
 async def test_run_fails_cleanly_when_startup_fails(tmp_path: Path, short_dir: Path) -> None:
     blocker = short_dir / "admin.sock"
     _, _, err = await run_with_blocked_admin_socket(tmp_path, blocker)
