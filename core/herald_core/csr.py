@@ -140,6 +140,8 @@ def _requested_id(uris: list[str], expected: SpiffeId | None) -> SpiffeId | None
         if expected is not None:
             raise CsrError(f"CSR has no URI SAN; expected {expected}")
         return None
+    if expected is not None and uris[0] == str(expected):
+        return expected  # the common case on the server: skip re-parsing a known-good ID
     try:
         spiffe_id = SpiffeId.parse(uris[0])
     except SpiffeIdError as exc:

@@ -54,11 +54,12 @@ from herald_core.keys import KeyType, PrivateKey, PublicKey, generate_key, publi
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.x509svid import (
     NOT_BEFORE_CUSHION,
+    SvidIssuer,
     X509SvidError,
     make_ca_certificate,
-    make_leaf_certificate,
     svid_validity,
 )
+from herald_server.entries import RESERVED_PATH, is_reserved_id
 from herald_server.keystore import (
     CAState,
     JwtSlot,
@@ -74,13 +75,13 @@ log = logging.getLogger(__name__)
 
 SERVER_ID_SEGMENTS: Final = ("herald", "server")
 """The server's own SPIFFE ID is ``spiffe://<td>/herald/server``."""
-RESERVED_PATH: Final = "/herald"
 """IDs under this path belong to herald's own components; workloads never get them."""
 AGENT_PATH: Final = "/herald/agent/"
 MIN_CA_TTL: Final = timedelta(minutes=1)
 JWT_KID_LENGTH: Final = 32
 _KID_ALPHABET: Final = string.ascii_letters + string.digits
 _SAVE_ATTEMPTS: Final = 3
+_MAX_CACHED_ISSUERS: Final = 8
 _ONE_SECOND: Final = timedelta(seconds=1)
 
 BundleListener = Callable[[Bundle], None]
@@ -189,6 +190,8 @@ class CAManager:
         self._tls_lock = threading.Lock()
         self._tls: _ServerTls | None = None
         self._listeners: list[BundleListener] = []
+        # Checking an issuer costs about as much as signing a leaf; do it once per CA.
+        self._issuers: dict[x509.Certificate, SvidIssuer] = {}
 
     @property
     def settings(self) -> CASettings:
@@ -303,7 +306,7 @@ class CAManager:
     ) -> list[x509.Certificate]:
         """A workload X.509-SVID: the leaf, then the intermediates up to (not including) the
         root. TTL None means ``x509_svid_ttl``; NotAfter is capped at the issuing CA's."""
-        if spiffe_id.is_under(SpiffeId(spiffe_id.trust_domain, RESERVED_PATH)):
+        if is_reserved_id(spiffe_id):
             raise CAError(f"{spiffe_id} is in herald's reserved {RESERVED_PATH} namespace")
         return self._sign_leaf(
             public_key, spiffe_id, _ttl(ttl, self._settings.x509_svid_ttl), dns_names
@@ -329,7 +332,7 @@ class CAManager:
     ) -> tuple[str, datetime, datetime]:
         """A JWT-SVID signed with the active JWT key: (token, issued_at, expires_at). TTL None
         means ``jwt_svid_ttl``; ``exp`` is capped at the key's expiry."""
-        if spiffe_id.is_under(SpiffeId(spiffe_id.trust_domain, RESERVED_PATH)):
+        if is_reserved_id(spiffe_id):
             raise CAError(f"{spiffe_id} is in herald's reserved {RESERVED_PATH} namespace")
         lifetime = _ttl(ttl, self._settings.jwt_svid_ttl)
         now = self._clock.now()
@@ -537,11 +540,9 @@ class CAManager:
         slot = self._x509_signer(now)
         try:
             not_before, not_after = svid_validity(now, ttl, slot.not_after)
-            leaf = make_leaf_certificate(
+            leaf = self._issuer(slot).leaf(
                 public_key,
                 spiffe_id,
-                issuer_cert=slot.cert,
-                issuer_key=slot.key,
                 not_before=not_before,
                 not_after=not_after,
                 dns_names=dns_names,
@@ -549,6 +550,16 @@ class CAManager:
         except X509SvidError as exc:
             raise CAError(f"cannot sign an X.509-SVID for {spiffe_id}: {exc}") from exc
         return [leaf, *slot.intermediates]
+
+    def _issuer(self, slot: X509Slot) -> SvidIssuer:
+        issuer = self._issuers.get(slot.cert)
+        if issuer is None:
+            issuer = SvidIssuer(slot.cert, slot.key)
+            # Rotation retires a CA every third of a lifetime; keep only the recent ones.
+            if len(self._issuers) >= _MAX_CACHED_ISSUERS:
+                self._issuers.clear()
+            self._issuers[slot.cert] = issuer
+        return issuer
 
     def _follow_server_tls(self) -> None:
         # A follower's state can be stale until the leader rotates; server_tls() retries then.
