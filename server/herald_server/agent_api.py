@@ -67,6 +67,20 @@ async def _abort(context: _Context, code: grpc.StatusCode, msg: str) -> NoReturn
     raise AssertionError("context.abort returned")  # grpc.aio raises; this keeps mypy honest
 
 
+async def _take(
+    context: _Context,
+    limiter: RateLimiter,
+    metrics: ServerMetrics,
+    key: str,
+    count: int,
+    message: str,
+) -> None:
+    """Take ``count`` tokens from ``key``'s bucket, or abort with RESOURCE_EXHAUSTED."""
+    if not limiter.allow(key, count):
+        metrics.rate_limited.inc()
+        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
 def _unix(when: dt.datetime) -> int:
     return int(when.timestamp())
 
@@ -183,11 +197,9 @@ class NodeAttestationService(agent_pb2_grpc.NodeAttestationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"node attestation method {method} is not enabled on this server",
             )
-        if not self._limiter.allow("attest"):
-            self._metrics.rate_limited.inc()
-            await _abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many attestations; retry later"
-            )
+        await _take(
+            context, self._limiter, self._metrics, "attest", 1, "too many attestations; retry later"
+        )
         # The CSR is checked before the attestor runs, so a bad CSR never burns a join token.
         try:
             csr = check_csr(request.csr)
@@ -357,13 +369,7 @@ class AgentService(agent_pb2_grpc.AgentAPIServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"batch of {count} CSRs exceeds the limit of {self._limits.max_batch}",
             )
-        if not self._limiter.allow(str(caller.agent_id), count):
-            self._metrics.rate_limited.inc()
-            await _abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"rate limit exceeded for {caller.agent_id}; retry with backoff",
-            )
+        await self._take(context, caller, count)
         results: list[agent_pb2.X509SVIDResult | None] = [None] * count
         items: list[_SignItem] = []
         seen: set[str] = set()
@@ -391,6 +397,11 @@ class AgentService(agent_pb2_grpc.AgentAPIServicer):
         ):
             results[item.index] = result
         return agent_pb2.BatchSignX509SVIDResponse(results=[r for r in results if r is not None])
+
+    async def _take(self, context: _Context, caller: AgentIdentity, count: int) -> None:
+        key = str(caller.agent_id)
+        message = f"rate limit exceeded for {key}; retry with backoff"
+        await _take(context, self._limiter, self._metrics, key, count, message)
 
     def _authorized_entry(self, caller: AgentIdentity, entry_id: str) -> Entry | None:
         entry = self._entries.get(entry_id)
@@ -458,13 +469,7 @@ class AgentService(agent_pb2_grpc.AgentAPIServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"entry {request.entry_id!r} is not served by this agent",
             )
-        if not self._limiter.allow(str(caller.agent_id)):
-            self._metrics.rate_limited.inc()
-            await _abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"rate limit exceeded for {caller.agent_id}; retry with backoff",
-            )
+        await self._take(context, caller, 1)
         ttl = _jwt_ttl(request.ttl_seconds, entry.jwt_svid_ttl)
         try:
             with self._metrics.signing("jwt"):
