@@ -1,0 +1,353 @@
+"""The Workload API endpoint transport: a public Unix socket whose callers the kernel identifies.
+
+grpcio cannot report a Unix peer's credentials, so the agent accepts on the public socket itself,
+reads SO_PEERCRED (+ SO_PEERPIDFD) and the caller's start time, and relays the bytes to a private
+grpc.aio server listening inside a 0700 directory. Each relayed connection comes from a socket
+bound to a fresh random abstract name, which grpc reports as ``context.peer()`` =
+``unix-abstract:<name>``; the name → caller registry lets handlers ask `caller_of(context)`.
+A connection made straight to the private socket is in no record, so it is never identified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import socket
+import stat
+import tempfile
+from asyncio.trsock import TransportSocket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+
+from herald_agent.peercred import (
+    PeerCredentials,
+    PeerCredentialsError,
+    ProcessGoneError,
+    ProcessIdentity,
+    process_identity,
+    read_peer_credentials,
+)
+from herald_core.logs import log_event
+
+ENV_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"
+CALLER_NOT_IDENTIFIED: Final = "caller not identified"
+DEFAULT_MAX_STREAMS_PER_CONNECTION: Final = 100_000
+
+_ABSTRACT_PEER_PREFIX: Final = "unix-abstract:"
+_NAME_PREFIX: Final = "herald-"
+_PRIVATE_SOCKET_NAME: Final = "workload.sock"
+_CHUNK: Final = 64 * 1024
+_SOCKET_DIR_MODE: Final = 0o755
+# Like SPIRE: any local process may connect; who it is comes from the kernel, not the mode.
+_PUBLIC_SOCKET_MODE: Final = 0o777
+
+_log = logging.getLogger(__name__)
+
+HandlerRegistrar = Callable[[grpc.aio.Server], None]
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot serve at the configured path."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A relayed caller: the kernel's credentials and the process they pin."""
+
+    credentials: PeerCredentials
+    process: ProcessIdentity
+
+
+def endpoint_uri(path: Path) -> str:
+    """The ``SPIFFE_ENDPOINT_SOCKET`` value for ``path``: ``unix:///abs/path``."""
+    return "unix://" + os.path.abspath(path)
+
+
+class CallerRegistry:
+    """Abstract client name → `Caller`, for each connection the relay holds open."""
+
+    def __init__(self) -> None:
+        self._callers: dict[str, Caller] = {}
+
+    def __len__(self) -> int:
+        return len(self._callers)
+
+    def add(self, name: str, caller: Caller) -> None:
+        self._callers[name] = caller
+
+    def remove(self, name: str) -> None:
+        self._callers.pop(name, None)
+
+    def caller_of(self, context: _Context) -> Caller | None:
+        """The caller behind this RPC, or None when it did not come through the relay."""
+        peer = context.peer()
+        if not peer.startswith(_ABSTRACT_PEER_PREFIX):
+            return None
+        return self._callers.get(peer.removeprefix(_ABSTRACT_PEER_PREFIX))
+
+    async def require_caller(self, context: _Context) -> Caller:
+        """The caller behind this RPC; aborts it with PERMISSION_DENIED when there is none."""
+        caller = self.caller_of(context)
+        if caller is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CALLER_NOT_IDENTIFIED)
+        return caller
+
+
+def server_options(max_streams_per_connection: int) -> list[tuple[str, int]]:
+    """grpc.aio options for the private server: many long-lived streams, tolerant keepalive."""
+    return [
+        # One workload channel multiplexes every X509Source/JwtSource stream of its process
+        # over one connection; grpc core's default cap would queue the rest.
+        ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # Clients (Envoy, go-spiffe users) may ping idle connections; do not GOAWAY them for it.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        # Server pings find a relay connection that is wedged without being closed.
+        ("grpc.keepalive_time_ms", 300_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+class WorkloadEndpoint:
+    """Serve gRPC handlers on ``public_socket`` with every caller identified by the kernel.
+
+    ``handler_registrar`` adds the services to the private grpc.aio server; handlers identify
+    their caller with `caller_of` / `require_caller` (or the shared ``callers`` registry).
+    """
+
+    def __init__(
+        self,
+        public_socket: Path,
+        handler_registrar: HandlerRegistrar,
+        *,
+        callers: CallerRegistry | None = None,
+        max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        private_parent: Path | None = None,
+    ) -> None:
+        self.public_socket = Path(os.path.abspath(public_socket))
+        self.callers = callers if callers is not None else CallerRegistry()
+        self._registrar = handler_registrar
+        self._max_streams = max_streams_per_connection
+        self._private_parent = private_parent
+        self._private_dir: Path | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._public: asyncio.Server | None = None
+        self._public_inode: int | None = None
+        self._relays: set[asyncio.Task[None]] = set()
+
+    @property
+    def private_socket(self) -> Path:
+        if self._private_dir is None:
+            raise EndpointError("the endpoint is not started")
+        return self._private_dir / _PRIVATE_SOCKET_NAME
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._relays)
+
+    def caller_of(self, context: _Context) -> Caller | None:
+        return self.callers.caller_of(context)
+
+    async def require_caller(self, context: _Context) -> Caller:
+        return await self.callers.require_caller(context)
+
+    async def start(self) -> None:
+        """Start the private server, then listen on the public socket (0777)."""
+        prepare_socket_path(self.public_socket)
+        self._private_dir = Path(tempfile.mkdtemp(prefix="herald-agent-", dir=self._private_parent))
+        try:
+            await self._start_private()
+            self._public = await asyncio.start_unix_server(
+                self._relay_connection, path=str(self.public_socket)
+            )
+            self.public_socket.chmod(_PUBLIC_SOCKET_MODE)
+            self._public_inode = self.public_socket.lstat().st_ino
+        except BaseException:
+            await self.stop(grace=None)
+            raise
+        log_event(
+            _log,
+            "info",
+            "workload API listening",
+            socket=str(self.public_socket),
+            private=str(self.private_socket),
+        )
+
+    async def _start_private(self) -> None:
+        server = grpc.aio.server(options=server_options(self._max_streams))
+        self._registrar(server)
+        try:
+            server.add_insecure_port(f"unix:{self.private_socket}")
+        except RuntimeError as exc:
+            raise EndpointError(f"cannot listen on {self.private_socket}: {exc}") from exc
+        self._grpc = server
+        await server.start()
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop accepting, let RPCs finish for ``grace`` seconds, then close every relay."""
+        if self._public is not None:
+            self._public.close()
+            await self._public.wait_closed()
+            self._public = None
+            self._remove_public_socket()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        relays = list(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
+
+    def _remove_public_socket(self) -> None:
+        # A newer agent may already have replaced the socket; only remove the one we made.
+        try:
+            if self.public_socket.lstat().st_ino == self._public_inode:
+                self.public_socket.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _relay_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # asyncio runs each connection callback in its own task
+        self._relays.add(task)
+        try:
+            await self._relay(reader, writer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # One bad connection must never reach asyncio's handler or stop the accept loop.
+            log_event(_log, "warning", "workload connection failed", error=repr(exc))
+        finally:
+            writer.close()
+            self._relays.discard(task)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        caller = _identify(writer.get_extra_info("socket"))
+        name = _NAME_PREFIX + secrets.token_hex(16)
+        try:
+            private_reader, private_writer = await self._connect_private(name)
+        except BaseException:
+            if caller is not None:
+                caller.credentials.close()
+            raise
+        # Recorded before any byte reaches grpc, so no handler can run ahead of its record.
+        if caller is not None:
+            self.callers.add(name, caller)
+        try:
+            await _copy_both_ways(reader, writer, private_reader, private_writer)
+        finally:
+            private_writer.close()
+            self.callers.remove(name)
+            if caller is not None:
+                caller.credentials.close()
+
+    async def _connect_private(
+        self, name: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + name)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, str(self.private_socket))
+            return await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _identify(sock: TransportSocket) -> Caller | None:
+    """The connected caller, or None (logged) when the kernel's answer cannot pin a process.
+
+    An unidentified connection is still relayed so that its RPCs fail with a clear
+    PERMISSION_DENIED instead of a dropped connection the client would retry blindly.
+    """
+    try:
+        credentials = read_peer_credentials(sock)
+    except PeerCredentialsError as exc:
+        log_event(_log, "warning", CALLER_NOT_IDENTIFIED, reason=str(exc))
+        return None
+    try:
+        return Caller(credentials=credentials, process=process_identity(credentials))
+    except ProcessGoneError as exc:
+        credentials.close()
+        log_event(_log, "debug", CALLER_NOT_IDENTIFIED, pid=credentials.pid, reason=str(exc))
+        return None
+
+
+async def _copy_both_ways(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy until either side closes; the caller then closes both."""
+    copies = [
+        asyncio.create_task(_copy(a_reader, b_writer)),
+        asyncio.create_task(_copy(b_reader, a_writer)),
+    ]
+    try:
+        await asyncio.wait(copies, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for copy in copies:
+            copy.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(_CHUNK):
+            writer.write(chunk)
+            # drain() waits while the peer is slow, so the agent never buffers without bound.
+            await writer.drain()
+    except ConnectionError:
+        # A reset or broken pipe is just the end of this connection.
+        return
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Create the socket's directory (0755) and remove a stale socket; refuse anything else."""
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, mode=_SOCKET_DIR_MODE)
+            parent.chmod(_SOCKET_DIR_MODE)
+        except OSError as exc:
+            raise EndpointError(f"cannot create {parent} for the workload socket: {exc}") from exc
+    elif not parent.is_dir():
+        raise EndpointError(f"workload socket directory {parent} is not a directory")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise EndpointError(
+            f"workload socket path {path} exists and is not a socket; refusing to replace it"
+        )
+    if _socket_in_use(path):
+        raise EndpointError(f"workload socket {path} is in use: another agent is serving it")
+    path.unlink()
+
+
+def _socket_in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError as exc:
+            raise EndpointError(f"cannot check workload socket {path}: {exc}") from exc
+        return True
