@@ -30,7 +30,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from herald_agent.attestors import AttestationError, WorkloadAttestor
-from herald_agent.attestors.k8s import K8sAttestor, RetryPolicy, find_container_status
+from herald_agent.attestors.k8s import (
+    K8sAttestor,
+    RetryPolicy,
+    find_container_status,
+    pod_selectors,
+)
 from herald_agent.attestors.kubelet import KubeletClient, KubeletConfig, KubeletError
 from herald_core.selector import Selector
 from tests.kubelet_pods import NODE, Container, Pod, image_id, owner, pod_list
@@ -548,3 +553,12 @@ def test_containers_of_every_kind_are_found() -> None:
     assert find("f" * 64) == "migrate"
     assert find("d" * 64) == "debug"
     assert find("d" * 63) is None
+
+
+def test_a_selector_too_long_is_left_out_not_fatal() -> None:
+    manifest = new_pod(hex64()).manifest()
+    manifest["metadata"]["labels"]["huge"] = "x" * 2000
+    selectors = pod_selectors(manifest, manifest["status"]["containerStatuses"][0])
+    assert Selector("k8s", "ns:payments") in selectors
+    assert Selector("k8s", "pod-label:app:payments-api") in selectors
+    assert not any(s.value.startswith("pod-label:huge:") for s in selectors)

@@ -15,6 +15,7 @@ checked to be alive and the same one at every retry and at the end.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from herald_agent.attestors.cgroups import PodContainer, read_pod_container
 from herald_agent.attestors.kubelet import JsonObject, KubeletClient, KubeletError, PodList
 from herald_agent.attestors.proc import PROC_ROOT, check_same_process, start_time
 from herald_core.selector import Selector, SelectorError
+
+log = logging.getLogger(__name__)
 
 _STATUS_KINDS: Final = (
     ("containerStatuses", "containers"),
@@ -70,6 +73,8 @@ class K8sAttestor:
             where = read_pod_container(pid, self._proc_root)
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise AttestationError(f"process {pid} exited during attestation") from exc
+        except OSError as exc:
+            raise AttestationError(f"cannot read /proc/{pid}/cgroup: {exc.strerror}") from exc
         # The cgroup file must belong to the process we started with, not a reused pid.
         check_same_process(pid, started, self._proc_root)
         return where
@@ -149,7 +154,9 @@ def _selectors(values: list[tuple[str, Any]]) -> Iterator[Selector]:
         try:
             yield Selector("k8s", f"{key}:{value}")
         except SelectorError as exc:
-            raise AttestationError(f"the kubelet's pod list holds a bad {key}: {exc}") from exc
+            # Leaving one selector out only makes fewer entries match; failing the whole
+            # attestation would take every identity from the workload.
+            log.warning("event=k8s_selector_skipped key=%s error=%r", key, str(exc))
 
 
 def _container_images(pod: JsonObject, status: JsonObject) -> set[str]:

@@ -180,6 +180,8 @@ def _exe_path(exe: str) -> str | None:
     except FileNotFoundError:
         # A kernel thread has no binary; a process that exited is caught by the caller.
         return None
+    except OSError as exc:
+        raise AttestationError(f"cannot read {exe}: {exc.strerror}") from exc
     if path.endswith(_DELETED) and _unlinked(exe):
         path = path[: -len(_DELETED)]
     return path
