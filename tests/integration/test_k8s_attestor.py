@@ -562,3 +562,9 @@ def test_a_selector_too_long_is_left_out_not_fatal() -> None:
     assert Selector("k8s", "ns:payments") in selectors
     assert Selector("k8s", "pod-label:app:payments-api") in selectors
     assert not any(s.value.startswith("pod-label:huge:") for s in selectors)
+
+
+@pytest.mark.parametrize(("attempts", "interval"), [(0, 0.5), (3, -1.0)])
+def test_a_retry_policy_that_never_asks_is_refused(attempts: int, interval: float) -> None:
+    with pytest.raises(ValueError, match="attempts >= 1"):
+        RetryPolicy(attempts=attempts, interval=interval)

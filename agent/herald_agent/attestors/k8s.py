@@ -43,6 +43,13 @@ class RetryPolicy:
     attempts: int = 60
     interval: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.interval < 0:
+            raise ValueError(
+                f"k8s attestor retries need attempts >= 1 and interval >= 0, "
+                f"not {self.attempts} and {self.interval}"
+            )
+
 
 class K8sAttestor:
     """Selectors from the pod and container a process runs in."""
