@@ -39,11 +39,15 @@ from herald_core.logs import log_event
 ENV_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"
 CALLER_NOT_IDENTIFIED: Final = "caller not identified"
 DEFAULT_MAX_STREAMS_PER_CONNECTION: Final = 100_000
+DEFAULT_MAX_PENDING_REQUESTS: Final = 100_000
 
 _ABSTRACT_PEER_PREFIX: Final = "unix-abstract:"
 _NAME_PREFIX: Final = "herald-"
 _PRIVATE_SOCKET_NAME: Final = "workload.sock"
 _CHUNK: Final = 64 * 1024
+# Every workload on the node may reconnect at once after an agent restart; the kernel caps this
+# at net.core.somaxconn, as it does Go's listeners in SPIRE.
+_BACKLOG: Final = 4096
 _SOCKET_DIR_MODE: Final = 0o755
 # Like SPIRE: any local process may connect; who it is comes from the kernel, not the mode.
 _PUBLIC_SOCKET_MODE: Final = 0o777
@@ -101,12 +105,18 @@ class CallerRegistry:
         return caller
 
 
-def server_options(max_streams_per_connection: int) -> list[tuple[str, int]]:
+def server_options(
+    max_streams_per_connection: int, max_pending_requests: int
+) -> list[tuple[str, int]]:
     """grpc.aio options for the private server: many long-lived streams, tolerant keepalive."""
     return [
         # One workload channel multiplexes every X509Source/JwtSource stream of its process
         # over one connection; grpc core's default cap would queue the rest.
         ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # grpc core cancels calls beyond 3,000 waiting for the application (1,000 soft), which
+        # every workload reconnecting at once after an agent restart would exceed.
+        ("grpc.server.max_pending_requests", max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", max_pending_requests),
         # Clients (Envoy, go-spiffe users) may ping idle connections; do not GOAWAY them for it.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -131,12 +141,13 @@ class WorkloadEndpoint:
         *,
         callers: CallerRegistry | None = None,
         max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS,
         private_parent: Path | None = None,
     ) -> None:
         self.public_socket = Path(os.path.abspath(public_socket))
         self.callers = callers if callers is not None else CallerRegistry()
         self._registrar = handler_registrar
-        self._max_streams = max_streams_per_connection
+        self._options = server_options(max_streams_per_connection, max_pending_requests)
         self._private_parent = private_parent
         self._private_dir: Path | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -167,7 +178,7 @@ class WorkloadEndpoint:
         try:
             await self._start_private()
             self._public = await asyncio.start_unix_server(
-                self._relay_connection, path=str(self.public_socket)
+                self._relay_connection, path=str(self.public_socket), backlog=_BACKLOG
             )
             self.public_socket.chmod(_PUBLIC_SOCKET_MODE)
             self._public_inode = self.public_socket.lstat().st_ino
@@ -183,7 +194,8 @@ class WorkloadEndpoint:
         )
 
     async def _start_private(self) -> None:
-        server = grpc.aio.server(options=server_options(self._max_streams))
+        # maximum_concurrent_rpcs stays None (unlimited): streams live as long as the workloads.
+        server = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=None)
         self._registrar(server)
         try:
             server.add_insecure_port(f"unix:{self.private_socket}")
@@ -227,7 +239,9 @@ class WorkloadEndpoint:
         try:
             await self._relay(reader, writer)
         except asyncio.CancelledError:
-            raise
+            # stop() or the loop's shutdown ended this connection. Python 3.11's stream callback
+            # logs a cancelled connection task as an error, so this task ends normally instead.
+            return
         except Exception as exc:
             # One bad connection must never reach asyncio's handler or stop the accept loop.
             log_event(_log, "warning", "workload connection failed", error=repr(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import shutil
 import socket
@@ -38,6 +39,8 @@ from herald_agent.peercred import still_same
 NOBODY = 65534
 SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 STREAMS = 200
+# More than grpc core's default hard limit of 3,000 calls waiting for the application.
+BURST = 4000
 DROPPED_CONNECTIONS = 1000
 FD_SLACK = 10
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -246,9 +249,10 @@ async def test_a_socket_in_use_is_refused(served: tuple[WorkloadEndpoint, EchoSe
 
 
 async def test_connections_dropped_at_once_leave_it_healthy(
-    served: tuple[WorkloadEndpoint, EchoService],
+    served: tuple[WorkloadEndpoint, EchoService], caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint, _ = served
+    caplog.set_level(logging.DEBUG)
     loop = asyncio.get_running_loop()
     await who(endpoint_uri(endpoint.public_socket))  # grpc's own first-call fds are not a leak
     await wait_until_idle(endpoint)
@@ -270,6 +274,7 @@ async def test_connections_dropped_at_once_leave_it_healthy(
         await wait_until_idle(endpoint)
         gc.collect()
     assert [w for w in warned if issubclass(w.category, ResourceWarning)] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert open_fds() <= before + FD_SLACK
     assert (await who(endpoint_uri(endpoint.public_socket)))["pid"] == os.getpid()
 
@@ -289,6 +294,16 @@ async def test_many_streams_are_held_open_at_once(
         assert lasts == [b"done"] * STREAMS
 
 
+async def test_a_burst_of_calls_is_all_served(
+    served: tuple[WorkloadEndpoint, EchoService],
+) -> None:
+    endpoint, _ = served
+    async with grpc.aio.insecure_channel(endpoint_uri(endpoint.public_socket)) as channel:
+        call = channel.unary_unary("/test.Echo/Who")
+        replies = await asyncio.gather(*(call(b"", timeout=60) for _ in range(BURST)))
+    assert {json.loads(reply)["pid"] for reply in replies} == {os.getpid()}
+
+
 async def test_a_closed_connection_drops_its_caller(
     served: tuple[WorkloadEndpoint, EchoService],
 ) -> None:
@@ -302,7 +317,9 @@ async def test_a_closed_connection_drops_its_caller(
     assert not still_same(echo.last_caller.process)
 
 
-async def test_stop_closes_relayed_connections(socket_dir: Path) -> None:
+async def test_stop_closes_relayed_connections(
+    socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     echo = EchoService()
     endpoint = WorkloadEndpoint(socket_dir / "agent.sock", echo.register)
     echo.endpoint = endpoint
@@ -319,3 +336,4 @@ async def test_stop_closes_relayed_connections(socket_dir: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
         assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
