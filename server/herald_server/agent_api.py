@@ -29,11 +29,11 @@ from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import bundle_to_proto, entry_to_proto
 from herald_core.x509svid import X509SvidError, chain_to_der, verify_chain
-from herald_server.agents import AgentRecord, AgentRegistry
+from herald_server.agents import AgentRecord, AgentRegistry, is_agent_id
 from herald_server.ca import CAError, CAManager
 from herald_server.entries import EntryCache, is_reserved_id
 from herald_server.metrics import ServerMetrics
-from herald_server.node_attestation import AttestationError, NodeAttestor, is_agent_id
+from herald_server.node_attestation import AttestationError, NodeAttestor
 from herald_server.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)

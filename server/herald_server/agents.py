@@ -13,7 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from herald_core.spiffeid import SpiffeId
+from herald_core.spiffeid import SpiffeId, TrustDomain
+
+AGENT_PATH = "/herald/agent/"
+
+
+def agent_id(trust_domain: TrustDomain, method: str, *parts: str) -> SpiffeId:
+    """``spiffe://<td>/herald/agent/<method>/<parts…>``, the reserved namespace of agent IDs.
+
+    Raises SpiffeIdError when a part cannot be a path segment.
+    """
+    return SpiffeId.from_segments(trust_domain, *AGENT_PATH.strip("/").split("/"), method, *parts)
+
+
+def is_agent_id(spiffe_id: SpiffeId) -> bool:
+    return spiffe_id.path.startswith(AGENT_PATH)
 
 
 class JoinTokenError(Exception):

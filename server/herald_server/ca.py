@@ -59,6 +59,7 @@ from herald_core.x509svid import (
     make_ca_certificate,
     svid_validity,
 )
+from herald_server.agents import AGENT_PATH
 from herald_server.entries import RESERVED_PATH, is_reserved_id
 from herald_server.keystore import (
     CAState,
@@ -76,7 +77,6 @@ log = logging.getLogger(__name__)
 SERVER_ID_SEGMENTS: Final = ("herald", "server")
 """The server's own SPIFFE ID is ``spiffe://<td>/herald/server``."""
 """IDs under this path belong to herald's own components; workloads never get them."""
-AGENT_PATH: Final = "/herald/agent/"
 MIN_CA_TTL: Final = timedelta(minutes=1)
 JWT_KID_LENGTH: Final = 32
 _KID_ALPHABET: Final = string.ascii_letters + string.digits

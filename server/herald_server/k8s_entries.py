@@ -34,6 +34,7 @@ from herald_core.durations import DurationError, parse_duration
 from herald_core.entry import Entry, EntryError
 from herald_core.selector import SelectorError, parse_selectors
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+from herald_server.agents import agent_id
 from herald_server.entries import EntryCache, EntryStoreError, ReadOnlyStoreError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class InvalidObjectError(ValueError):
 
 def k8s_psat_agent_id(trust_domain: TrustDomain, cluster: str, node_uid: str) -> SpiffeId:
     """``spiffe://<td>/herald/agent/k8s_psat/<cluster>/<node-uid>``: the agent of one node."""
-    return SpiffeId.from_segments(trust_domain, "herald", "agent", "k8s_psat", cluster, node_uid)
+    return agent_id(trust_domain, "k8s_psat", cluster, node_uid)
 
 
 class NodeIndex:

@@ -20,13 +20,12 @@ from kubernetes import client as k8s
 
 from herald_core.proto.herald.agent.v1 import agent_pb2
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
-from herald_server.agents import JoinTokenError, TokenStore
+from herald_server.agents import JoinTokenError, TokenStore, agent_id
 from herald_server.kube import ApiClientFactory, api_session
 from herald_server.metrics import AttestationMethod
 
 log = logging.getLogger(__name__)
 
-AGENT_PATH_PREFIX = ("herald", "agent")
 _SA_PREFIX = "system:serviceaccount:"
 _POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 _POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -60,15 +59,11 @@ class NodeAttestor(Protocol):
 def agent_id_for(trust_domain: TrustDomain, method: str, *parts: str) -> SpiffeId:
     """``spiffe://<td>/herald/agent/<method>/<parts…>`` — the reserved agent ID namespace."""
     try:
-        return SpiffeId.from_segments(trust_domain, *AGENT_PATH_PREFIX, method, *parts)
+        return agent_id(trust_domain, method, *parts)
     except SpiffeIdError as exc:
         raise AttestationError(
             grpc.StatusCode.PERMISSION_DENIED, "cannot derive an agent ID", str(exc)
         ) from exc
-
-
-def is_agent_id(spiffe_id: SpiffeId) -> bool:
-    return spiffe_id.path.startswith("/" + "/".join(AGENT_PATH_PREFIX) + "/")
 
 
 class JoinTokenAttestor:
