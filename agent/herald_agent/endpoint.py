@@ -110,8 +110,9 @@ def server_options(
 ) -> list[tuple[str, int]]:
     """grpc.aio options for the private server: many long-lived streams, tolerant keepalive."""
     return [
-        # One workload channel multiplexes every X509Source/JwtSource stream of its process
-        # over one connection; grpc core's default cap would queue the rest.
+        # One workload channel multiplexes every X509Source/JwtSource stream of its process over
+        # one connection. grpc 1.85's default is unbounded; the explicit, generous bound keeps it
+        # so across grpc upgrades and puts a ceiling on what one connection can hold.
         ("grpc.max_concurrent_streams", max_streams_per_connection),
         # grpc core cancels calls beyond 3,000 waiting for the application (1,000 soft), which
         # every workload reconnecting at once after an agent restart would exceed.
@@ -180,8 +181,8 @@ class WorkloadEndpoint:
             self._public = await asyncio.start_unix_server(
                 self._relay_connection, path=str(self.public_socket), backlog=_BACKLOG
             )
-            self.public_socket.chmod(_PUBLIC_SOCKET_MODE)
             self._public_inode = self.public_socket.lstat().st_ino
+            self.public_socket.chmod(_PUBLIC_SOCKET_MODE)
         except BaseException:
             await self.stop(grace=None)
             raise

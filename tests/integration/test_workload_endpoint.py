@@ -41,6 +41,10 @@ SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-
 STREAMS = 200
 # More than grpc core's default hard limit of 3,000 calls waiting for the application.
 BURST = 4000
+FLOOD_CHUNK = 64 * 1024
+# A flood the relay would have to hold if it ignored backpressure; far beyond socket buffers.
+FLOOD_CAP = 64 * 1024 * 1024
+BUFFERED_AT_MOST = 16 * 1024 * 1024
 DROPPED_CONNECTIONS = 1000
 FD_SLACK = 10
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -54,6 +58,7 @@ class EchoService:
         self.release = asyncio.Event()
         self.holding = 0
         self.last_caller: Caller | None = None
+        self.flooded = 0
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(
@@ -63,6 +68,7 @@ class EchoService:
                     {
                         "Who": grpc.unary_unary_rpc_method_handler(self.who),
                         "Hold": grpc.unary_stream_rpc_method_handler(self.hold),
+                        "Flood": grpc.unary_stream_rpc_method_handler(self.flood),
                     },
                 ),
             )
@@ -93,6 +99,12 @@ class EchoService:
         finally:
             self.holding -= 1
         yield b"done"
+
+    async def flood(self, request: bytes, context: _Context) -> AsyncIterator[bytes]:
+        chunk = bytes(FLOOD_CHUNK)
+        while self.flooded < FLOOD_CAP:
+            yield chunk
+            self.flooded += len(chunk)
 
 
 @pytest.fixture
@@ -302,6 +314,62 @@ async def test_a_burst_of_calls_is_all_served(
         call = channel.unary_unary("/test.Echo/Who")
         replies = await asyncio.gather(*(call(b"", timeout=60) for _ in range(BURST)))
     assert {json.loads(reply)["pid"] for reply in replies} == {os.getpid()}
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    # "Literal header field without indexing, new name", no Huffman; all our strings are short.
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def flood_request_that_never_reads() -> bytes:
+    """An HTTP/2 gRPC call of /test.Echo/Flood whose client grants a 2 GiB flow-control window.
+
+    With the window open, only the relay's backpressure stops the server from sending.
+    """
+    window = 2**31 - 1
+    headers = b"".join(
+        _hpack_literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/test.Echo/Flood"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    return b"".join(
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            _h2_frame(0x4, 0, 0, (4).to_bytes(2, "big") + window.to_bytes(4, "big")),  # SETTINGS
+            _h2_frame(0x4, 0x1, 0, b""),  # ACK the server's SETTINGS without reading them
+            _h2_frame(0x8, 0, 0, (window - 65535).to_bytes(4, "big")),  # WINDOW_UPDATE
+            _h2_frame(0x1, 0x4, 1, headers),  # HEADERS, END_HEADERS
+            _h2_frame(0x0, 0x1, 1, b"\x00" + (0).to_bytes(4, "big")),  # empty message, END_STREAM
+        )
+    )
+
+
+async def test_a_client_that_never_reads_stalls_the_sender(
+    served: tuple[WorkloadEndpoint, EchoService],
+) -> None:
+    endpoint, echo = served
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(endpoint.public_socket))
+        await loop.sock_sendall(sock, flood_request_that_never_reads())
+        previous = -1
+        while echo.flooded != previous and echo.flooded < FLOOD_CAP:
+            previous = echo.flooded
+            await asyncio.sleep(0.5)
+        assert 0 < echo.flooded <= BUFFERED_AT_MOST
 
 
 async def test_a_closed_connection_drops_its_caller(
