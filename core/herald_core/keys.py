@@ -11,6 +11,7 @@ from enum import StrEnum
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -109,7 +110,7 @@ def load_private_key(data: bytes) -> PrivateKey:
     return key
 
 
-def public_key_to_der(key: PublicKey) -> bytes:
+def public_key_to_der(key: PublicKey | CertificatePublicKeyTypes) -> bytes:
     """SubjectPublicKeyInfo DER, how herald's own protos carry public keys."""
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

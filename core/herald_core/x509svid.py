@@ -103,7 +103,8 @@ def _spki(key: PublicKey | x509.Certificate) -> bytes:
     )
 
 
-def _describe(cert: x509.Certificate) -> str:
+def describe_certificate(cert: x509.Certificate) -> str:
+    """The subject as RFC 4514 text, for error messages."""
     return cert.subject.rfc4514_string() or "empty subject"
 
 
@@ -153,7 +154,7 @@ def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
     return None
 
 
-def _issuance_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+def issuance_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
     """Why ``issuer`` did not directly issue ``cert`` (name and signature), or None if it did."""
     try:
         cert.verify_directly_issued_by(issuer)
@@ -225,7 +226,10 @@ def _check_chain(chain: Sequence[x509.Certificate]) -> tuple[SpiffeId, list[str]
 
     Returns the leaf's SPIFFE ID and the label naming each certificate in error messages.
     """
-    labels = [f"certificate {position} ({_describe(cert)})" for position, cert in enumerate(chain)]
+    labels = [
+        f"certificate {position} ({describe_certificate(cert)})"
+        for position, cert in enumerate(chain)
+    ]
     spiffe_id = _check_leaf(chain[0], labels[0])
     for cert, label in zip(chain[1:], labels[1:], strict=True):
         _check_signing(cert, label)
@@ -645,7 +649,7 @@ def _anchor(
     now: datetime,
 ) -> x509.Certificate:
     """The bundle authority that issued ``last`` and is valid at ``now``."""
-    signers = [root for root in roots if _issuance_problem(last, root) is None]
+    signers = [root for root in roots if issuance_problem(last, root) is None]
     if not signers:
         raise X509SvidError(f"{label} is not signed by any authority in {bundle}")
     # During a CA rotation an old and a new authority may both verify; any valid one will do.
@@ -654,7 +658,8 @@ def _anchor(
             return root
     problem = _validity_problem(signers[0], now)
     raise X509SvidError(
-        f"{label} is signed by authority ({_describe(signers[0])}) in {bundle}, which {problem}"
+        f"{label} is signed by authority ({describe_certificate(signers[0])}) in {bundle}, "
+        f"which {problem}"
     )
 
 
@@ -710,7 +715,7 @@ def verify_chain(
         if problem is not None:
             raise X509SvidError(f"{label} {problem}")
     for position in range(len(chain) - 1):
-        problem = _issuance_problem(chain[position], chain[position + 1])
+        problem = issuance_problem(chain[position], chain[position + 1])
         if problem is not None:
             raise X509SvidError(
                 f"{labels[position]} is not signed by {labels[position + 1]}: {problem}"
@@ -719,6 +724,6 @@ def verify_chain(
     if len(chain) == 1 or chain[-1] not in roots:
         root = _anchor(chain[-1], labels[-1], roots, bundle, now)
         path.append(root)
-        path_labels.append(f"authority ({_describe(root)}) in {bundle}")
+        path_labels.append(f"authority ({describe_certificate(root)}) in {bundle}")
     _check_path_lengths(path, path_labels)
     return spiffe_id

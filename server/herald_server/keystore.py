@@ -31,11 +31,15 @@ from typing import Any, Final, Protocol
 import kubernetes.client
 import kubernetes.watch
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from kubernetes.client.exceptions import ApiException
 
-from herald_core.keys import PrivateKey, UnsupportedKeyError, load_private_key, private_key_to_pem
+from herald_core.keys import (
+    PrivateKey,
+    UnsupportedKeyError,
+    load_private_key,
+    private_key_to_pem,
+    public_key_to_der,
+)
 from herald_core.spiffeid import TrustDomain
 from herald_core.x509svid import X509SvidError, certs_to_pem, load_pem_certs, spiffe_id_of
 
@@ -106,7 +110,9 @@ class X509Slot:
             raise CAStateError("an X.509 CA slot needs the roots that anchor it")
         _check_aware(self.issued_at, "issued_at")
         _check_aware(self.activate_at, "activate_at")
-        if _spki(self.key.public_key()) != _spki(self.chain[0].public_key()):
+        if public_key_to_der(self.key.public_key()) != public_key_to_der(
+            self.chain[0].public_key()
+        ):
             raise CAStateError(
                 f"the key does not match the CA certificate (serial {self.serial_hex})"
             )
@@ -219,12 +225,6 @@ class CAState:
             refresh_hint=root.integer("refresh_hint"),
             revision=root.integer("revision"),
         )
-
-
-def _spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _check_aware(when: datetime, name: str) -> None:

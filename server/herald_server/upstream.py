@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from herald_core.clock import SYSTEM_CLOCK, Clock
-from herald_core.keys import PrivateKey, UnsupportedKeyError, key_type_of, load_private_key
-from herald_core.x509svid import X509SvidError, check_signing_cert, load_pem_certs
+from herald_core.keys import (
+    PrivateKey,
+    UnsupportedKeyError,
+    key_type_of,
+    load_private_key,
+    public_key_to_der,
+)
+from herald_core.x509svid import (
+    X509SvidError,
+    check_signing_cert,
+    describe_certificate,
+    issuance_problem,
+    load_pem_certs,
+)
 
 CERT_KEY: Final = "tls.crt"
 KEY_KEY: Final = "tls.key"
@@ -126,15 +136,15 @@ class UpstreamAuthority:
             key_type_of(self.cert.public_key())
         except (UnsupportedKeyError, UnsupportedAlgorithm, ValueError) as exc:
             raise UpstreamError(f"{self.sources.key}: {exc}") from exc
-        if _spki(self.key.public_key()) != _spki(self.cert.public_key()):
+        if public_key_to_der(self.key.public_key()) != public_key_to_der(self.cert.public_key()):
             raise UpstreamError(
                 f"{self.sources.key} does not match the certificate in {self.sources.cert_chain} "
-                f"({_describe(self.cert)})"
+                f"({describe_certificate(self.cert)})"
             )
 
     def _check_links(self) -> None:
         for position in range(len(self.cert_chain) - 1):
-            problem = _issuance_problem(self.cert_chain[position], self.cert_chain[position + 1])
+            problem = issuance_problem(self.cert_chain[position], self.cert_chain[position + 1])
             if problem is not None:
                 raise UpstreamError(
                     f"{self.sources.cert_chain} certificate {position} is not signed by "
@@ -146,11 +156,11 @@ class UpstreamAuthority:
 
     def _anchor(self, last: x509.Certificate) -> x509.Certificate:
         for root in self.roots:
-            if _issuance_problem(last, root) is None:
+            if issuance_problem(last, root) is None:
                 return root
         raise UpstreamError(
             f"the chain in {self.sources.cert_chain} does not lead to a root in "
-            f"{self.sources.roots}: no root signed {_describe(last)}"
+            f"{self.sources.roots}: no root signed {describe_certificate(last)}"
         )
 
 
@@ -221,9 +231,10 @@ def _check_ca(cert: x509.Certificate, label: str) -> None:
 def _check_root(root: x509.Certificate, label: str) -> None:
     _check_ca(root, label)
     # OpenSSL-based clients (spiffe-tls, Envoy) accept only a self-signed trust anchor.
-    if _issuance_problem(root, root) is not None:
+    if issuance_problem(root, root) is not None:
         raise UpstreamError(
-            f"{label} ({_describe(root)}) is not self-signed; put the root CA certificate there"
+            f"{label} ({describe_certificate(root)}) is not self-signed; "
+            "put the root CA certificate there"
         )
 
 
@@ -237,23 +248,3 @@ def _check_path_lengths(path: Sequence[x509.Certificate], labels: Sequence[str])
                 f"{label} has pathLenConstraint {constraints.path_length} but would have "
                 f"{below} CA(s) below it once herald's CA is added"
             )
-
-
-def _issuance_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except InvalidSignature:
-        return "the signature does not verify"
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        return str(exc)
-    return None
-
-
-def _spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "empty subject"
