@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import socket
-import stat
 import tempfile
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable
@@ -35,6 +34,8 @@ from herald_agent.peercred import (
     read_peer_credentials,
 )
 from herald_core.logs import log_event
+from herald_core.unixsocket import SocketPathError
+from herald_core.unixsocket import prepare_socket_path as shared_prepare
 
 ENV_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"
 CALLER_NOT_IDENTIFIED: Final = "caller not identified"
@@ -335,34 +336,7 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def prepare_socket_path(path: Path) -> None:
     """Create the socket's directory (0755) and remove a stale socket; refuse anything else."""
-    parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, mode=_SOCKET_DIR_MODE)
-            parent.chmod(_SOCKET_DIR_MODE)
-        except OSError as exc:
-            raise EndpointError(f"cannot create {parent} for the workload socket: {exc}") from exc
-    elif not parent.is_dir():
-        raise EndpointError(f"workload socket directory {parent} is not a directory")
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise EndpointError(
-            f"workload socket path {path} exists and is not a socket; refusing to replace it"
-        )
-    if _socket_in_use(path):
-        raise EndpointError(f"workload socket {path} is in use: another agent is serving it")
-    path.unlink()
-
-
-def _socket_in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError as exc:
-            raise EndpointError(f"cannot check workload socket {path}: {exc}") from exc
-        return True
+        shared_prepare(path, what="workload socket", owner="agent", dir_mode=_SOCKET_DIR_MODE)
+    except SocketPathError as exc:
+        raise EndpointError(str(exc)) from exc

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import stat
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -27,6 +25,7 @@ from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+from herald_core.unixsocket import SocketPathError, prepare_socket_path
 from herald_core.wire import WireError, bundle_to_proto, entry_from_proto, entry_to_proto
 from herald_server.agents import TokenStore
 from herald_server.ca import CAError
@@ -291,39 +290,10 @@ def _selectors(field: str, messages: Iterable[types_pb2.Selector]) -> frozenset[
 
 def _prepare_socket_path(path: Path) -> None:
     """Make the directory (0700 when herald creates it) and clear a stale socket."""
-    parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(mode=0o700, parents=True)
-            parent.chmod(0o700)  # mkdir's mode is filtered through the umask
-        except OSError as exc:
-            raise AdminSocketError(f"cannot create {parent} for the admin socket: {exc}") from exc
-    elif not parent.is_dir():
-        raise AdminSocketError(f"admin socket directory {parent} is not a directory")
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise AdminSocketError(
-            f"admin socket path {path} exists and is not a socket; refusing to replace it"
-        )
-    if _socket_in_use(path):
-        raise AdminSocketError(
-            f"admin socket {path} is in use: another herald-server is serving it"
-        )
-    path.unlink()
-
-
-def _socket_in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError as exc:
-            raise AdminSocketError(f"cannot check admin socket {path}: {exc}") from exc
-        return True
+        prepare_socket_path(path, what="admin socket", owner="herald-server", dir_mode=0o700)
+    except SocketPathError as exc:
+        raise AdminSocketError(str(exc)) from exc
 
 
 def _listen(server: grpc.aio.Server, socket_path: Path) -> None:
