@@ -1,0 +1,213 @@
+"""The agent's SVID manager against a real herald-server over real TLS and mTLS.
+
+Attest with a join token, sync entries, mint and rotate SVIDs, survive a server restart, and
+cache JWT-SVIDs. Latencies are printed (run with -s) so docs/benchmarks.md can quote them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herald_agent.server_client import ServerClient, attest_join_token
+from herald_agent.svid_manager import SvidManager
+from herald_core.proto.herald.admin.v1 import admin_pb2
+from herald_core.selector import parse_selectors
+from herald_core.x509svid import verify_chain
+from herald_server.server import HeraldServer
+from tests.server_harness import (
+    SERVER_NAME,
+    admin_stub,
+    create_entry,
+    join_token,
+    start_server,
+    utcnow,
+)
+
+pytestmark = pytest.mark.timeout(90)
+UID_1000 = parse_selectors(["unix:uid:1000"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Node:
+    server: HeraldServer
+    manager: SvidManager
+    ports: dict[str, Any]
+    tmp: Path
+
+
+async def restart(node: Node) -> None:
+    node.server = await start_server(node.tmp, **node.ports)
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> float:
+    """Seconds until ``predicate`` held (polling every 5 ms); fails the test after ``within``."""
+    started = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - started > within:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - started
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    ports = {
+        "attestation_address": f"127.0.0.1:{free_port()}",
+        "agent_address": f"127.0.0.1:{free_port()}",
+        "health_address": f"127.0.0.1:{free_port()}",
+    }
+    server = await start_server(tmp_path, **ports)
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        await join_token(server),
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
+    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    node = Node(server, manager, ports, tmp_path)
+    yield node
+    await manager.stop()
+    await client.close()
+    await node.server.stop()
+
+
+def agent_id(node: Node) -> Any:
+    return node.manager.client.svid.spiffe_id
+
+
+async def delete_entry(server: HeraldServer, entry_id: str) -> None:
+    channel, admin = admin_stub(server)
+    async with channel:
+        await admin.DeleteEntry(admin_pb2.DeleteEntryRequest(id=entry_id))
+
+
+async def test_entries_get_svids_that_verify_and_follow_changes(node: Node) -> None:
+    web = await create_entry(node.server, "/web", agent_id(node), dns_names=("web.example",))
+    await create_entry(node.server, "/db", agent_id(node), selectors=("unix:uid:0",))
+    await node.manager.start()
+    await wait_for(lambda: node.manager.svid_count == 2 and node.manager.ready)
+    assert node.manager.bundle is not None
+    roots = node.manager.bundle.x509_authorities
+    (identity,) = node.manager.identities_for(UID_1000)
+    assert identity.entry == web and identity.svid is not None
+    assert verify_chain(identity.svid.cert_chain, roots, now=utcnow()) == web.spiffe_id
+
+    with node.manager.subscribe() as subscription:
+        created = time.perf_counter()
+        api = await create_entry(node.server, "/api", agent_id(node))
+        await wait_for(lambda: node.manager.svid("api") is not None, within=2.0)
+        latency = time.perf_counter() - created
+        print(f"\nnew entry -> SVID ready: {latency * 1000:.1f} ms")
+        await asyncio.wait_for(subscription.wait(), 1.0)
+    ids = [i.entry.id for i in node.manager.identities_for(UID_1000)]
+    assert ids == ["api", "web"], "sorted by entry ID"
+
+    await delete_entry(node.server, api.id)
+    await wait_for(lambda: node.manager.svid("api") is None, within=2.0)
+    assert [i.entry.id for i in node.manager.identities_for(UID_1000)] == ["web"]
+
+
+async def test_mints_many_svids_in_batches(node: Node) -> None:
+    count = 300
+    node.manager.max_batch = 100
+    for n in range(count):
+        await create_entry(node.server, f"/w{n}", agent_id(node), id=f"w{n:03d}")
+    started = time.perf_counter()
+    await node.manager.start()
+    await wait_for(lambda: node.manager.svid_count == count, within=30.0)
+    elapsed = time.perf_counter() - started
+    print(f"\n{count} SVIDs minted in {elapsed * 1000:.0f} ms (batches of 100)")
+    assert node.manager.counters.batches >= 3
+    serving = [i.svid for i in node.manager.identities_for(UID_1000) if i.svid is not None]
+    keys = {svid.key_der() for svid in serving}
+    assert len(keys) == count, "one fresh key per entry"
+
+
+async def test_short_ttl_svid_rotates_before_expiry(node: Node) -> None:
+    await create_entry(node.server, "/short", agent_id(node), x509_svid_ttl=4)
+    await node.manager.start()
+    await wait_for(lambda: node.manager.svid("short") is not None)
+    first = node.manager.svid("short")
+    assert first is not None
+    await wait_for(lambda: node.manager.svid("short") is not first, within=4.0)
+    second = node.manager.svid("short")
+    assert second is not None and second.leaf.serial_number != first.leaf.serial_number
+    assert utcnow() < first.expires_at, "rotated while the old SVID was still valid"
+    assert second.private_key is not first.private_key
+    assert node.manager.counters.svid_rotations >= 1
+
+
+async def test_keeps_serving_while_the_server_is_away_and_resumes(node: Node) -> None:
+    await create_entry(node.server, "/web", agent_id(node))
+    await node.manager.start()
+    await wait_for(lambda: node.manager.svid("web") is not None)
+    held = node.manager.svid("web")
+    await node.server.stop()
+    await asyncio.sleep(1.0)
+    assert node.manager.svid("web") is held, "a still-valid SVID keeps serving"
+    assert node.manager.ready
+    reconnects = node.manager.counters.sync_reconnects
+    assert reconnects >= 1
+
+    await restart(node)
+    await create_entry(node.server, "/later", agent_id(node))
+    took = await wait_for(lambda: node.manager.svid("later") is not None, within=10.0)
+    print(f"\nafter restart: new entry served in {took * 1000:.0f} ms")
+    assert node.manager.svid("web") is held, "the snapshot on reconnect did not re-mint"
+
+
+async def test_jwt_svids_are_cached_per_audience_set(node: Node) -> None:
+    await create_entry(node.server, "/web", agent_id(node), jwt_svid_ttl=2)
+    await node.manager.start()
+    await wait_for(lambda: node.manager.entry_count == 1)
+    token = await node.manager.fetch_jwt("web", ["a", "b"])
+    assert await node.manager.fetch_jwt("web", ["a", "b"]) == token
+    assert await node.manager.fetch_jwt("web", ["b", "a"]) == token, "order does not matter"
+    assert await node.manager.fetch_jwt("web", ["a"]) != token
+    assert node.manager.counters.jwt_minted == 2
+    await asyncio.sleep(1.2)  # past half of the 2 s life, even with +10% jitter
+    assert await node.manager.fetch_jwt("web", ["a", "b"]) != token
+
+
+async def test_stale_jwt_is_served_while_the_server_is_away(node: Node) -> None:
+    await create_entry(node.server, "/web", agent_id(node), jwt_svid_ttl=6)
+    await node.manager.start()
+    await wait_for(lambda: node.manager.entry_count == 1)
+    fetched = time.perf_counter()
+    token = await node.manager.fetch_jwt("web", ["a"])
+    await node.server.stop()
+    # Past half life even with +10% jitter and whole-second iat; before exp (>= 5 s away).
+    await asyncio.sleep(max(0.0, fetched + 3.5 - time.perf_counter()))
+    assert await node.manager.fetch_jwt("web", ["a"]) == token
+    assert node.manager.counters.jwt_stale_served == 1
+    await restart(node)
+
+
+async def test_one_unsignable_entry_does_not_block_its_batch(node: Node) -> None:
+    await create_entry(node.server, "/a", agent_id(node))
+    # Valid as an entry, but its first DNS name is too long to become the leaf's CN.
+    long_name = "x" * 60 + ".example"
+    await create_entry(node.server, "/bad", agent_id(node), dns_names=(long_name,))
+    await create_entry(node.server, "/c", agent_id(node))
+    await node.manager.start()
+    await wait_for(lambda: None not in (node.manager.svid("a"), node.manager.svid("c")))
+    assert node.manager.svid("bad") is None
+    assert node.manager.counters.svid_failures >= 1
+    retries = node.manager.counters.svid_failures
+    await wait_for(lambda: node.manager.counters.svid_failures > retries, within=2.0)
