@@ -25,6 +25,18 @@ _K = TypeVar("_K")
 _DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
+RESERVED_PATH: Final = "/herald"
+
+
+def is_reserved_id(spiffe_id: SpiffeId) -> bool:
+    """IDs under ``/herald`` belong to herald itself (agents, the server): never to a workload.
+
+    A workload holding the server's or an agent's ID could impersonate it to other agents, so
+    no entry may carry one, whatever its source.
+    """
+    return spiffe_id.path == RESERVED_PATH or spiffe_id.path.startswith(RESERVED_PATH + "/")
+
+
 class EntryError(ValueError):
     """An entry that herald will not store or serve; the message names the field."""
 

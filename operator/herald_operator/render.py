@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from herald_core.entry import EntryError, check_dns_name
+from herald_core.entry import RESERVED_PATH, EntryError, check_dns_name, is_reserved_id
 from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_operator.crds import API_VERSION
@@ -50,7 +50,6 @@ RENDER_FAILED: Final = "RenderFailed"
 OUTSIDE_NAMESPACE: Final = "OutsideNamespace"
 # The same rule as herald_server.entries.is_reserved_id (the operator does not import the
 # server): spiffe://<td>/herald and below belong to herald's agents and server.
-RESERVED_PATH: Final = "/herald"
 _KIND_PREFIX: Final = {CLUSTER_SPIFFEID: "cspiffeid", SPIFFEID: "sid"}
 _FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 _HASH_LENGTH: Final = 10
@@ -201,10 +200,6 @@ def label_value(text: str) -> str:
     return f"{head}-{digest}"
 
 
-def is_reserved(spiffe_id: SpiffeId) -> bool:
-    return spiffe_id.path == RESERVED_PATH or spiffe_id.path.startswith(RESERVED_PATH + "/")
-
-
 class _Refused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -272,7 +267,7 @@ def _spiffe_id(identity: Identity, context: TemplateContext, trust_domain: Trust
         )
     if spiffe_id.is_root:
         raise _Refused(RENDER_FAILED, f"{field}: rendered {text!r}, which has no path")
-    if is_reserved(spiffe_id):
+    if is_reserved_id(spiffe_id):
         raise _Refused(
             RENDER_FAILED,
             f"{field}: rendered {text!r}, under {trust_domain.id}{RESERVED_PATH}/, which is "

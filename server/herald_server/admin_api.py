@@ -19,7 +19,7 @@ from typing import Any, Final, NoReturn, Protocol
 import grpc
 
 from herald_core.bundle import Bundle
-from herald_core.entry import MAX_TTL_SECONDS, Entry, EntryError
+from herald_core.entry import MAX_TTL_SECONDS, RESERVED_PATH, Entry, EntryError, is_reserved_id
 from herald_core.logs import log_event
 from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
@@ -30,13 +30,11 @@ from herald_core.wire import WireError, bundle_to_proto, entry_from_proto, entry
 from herald_server.agents import TokenStore
 from herald_server.ca import CAError
 from herald_server.entries import (
-    RESERVED_PATH,
     EntryExistsError,
     EntryNotFoundError,
     EntryStore,
     EntryStoreError,
     ReadOnlyStoreError,
-    is_reserved_id,
     reserved_id_problem,
 )
 from herald_server.node_attestation import JoinTokenAttestor, agent_id_for

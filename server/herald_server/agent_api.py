@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from herald_core.clock import SYSTEM_CLOCK, Clock
 from herald_core.csr import CsrError, CsrInfo, check_csr
-from herald_core.entry import Entry
+from herald_core.entry import Entry, is_reserved_id
 from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.spiffeid import SpiffeId, TrustDomain
@@ -31,7 +31,7 @@ from herald_core.wire import bundle_to_proto, entry_to_proto
 from herald_core.x509svid import X509SvidError, chain_to_der, verify_chain
 from herald_server.agents import AgentRecord, AgentRegistry, is_agent_id
 from herald_server.ca import CAError, CAManager
-from herald_server.entries import EntryCache, is_reserved_id
+from herald_server.entries import EntryCache
 from herald_server.metrics import ServerMetrics
 from herald_server.node_attestation import AttestationError, NodeAttestor
 from herald_server.ratelimit import RateLimiter

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 
 from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
-from herald_core.entry import EntryError, check_dns_name
+from herald_core.entry import RESERVED_PATH, EntryError, check_dns_name, is_reserved_id
 from herald_core.jwtsvid import JwtSvidError, mint_jwt_svid
 from herald_core.keys import KeyType, PrivateKey, PublicKey, generate_key, public_key_to_der
 from herald_core.spiffeid import SpiffeId, TrustDomain
@@ -60,7 +60,6 @@ from herald_core.x509svid import (
     svid_validity,
 )
 from herald_server.agents import AGENT_PATH
-from herald_server.entries import RESERVED_PATH, is_reserved_id
 from herald_server.keystore import (
     CAState,
     JwtSlot,

@@ -13,20 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from herald_core.entry import Entry, EntryIndex
+from herald_core.entry import Entry, EntryIndex, is_reserved_id
 from herald_core.selector import Selector
 from herald_core.spiffeid import SpiffeId
-
-RESERVED_PATH = "/herald"
-
-
-def is_reserved_id(spiffe_id: SpiffeId) -> bool:
-    """IDs under ``/herald`` belong to herald itself (agents, the server): never to a workload.
-
-    A workload holding the server's or an agent's ID could impersonate it to other agents, so
-    no entry may carry one, whatever its source.
-    """
-    return spiffe_id.path == RESERVED_PATH or spiffe_id.path.startswith(RESERVED_PATH + "/")
 
 
 def reserved_id_problem(entry: Entry) -> str | None:

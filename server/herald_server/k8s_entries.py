@@ -31,7 +31,7 @@ import kubernetes.watch
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi
 
 from herald_core.durations import DurationError, parse_duration
-from herald_core.entry import Entry, EntryError
+from herald_core.entry import RESERVED_PATH, Entry, EntryError, is_reserved_id
 from herald_core.selector import SelectorError, parse_selectors
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_server.agents import agent_id
@@ -47,7 +47,6 @@ READ_ONLY: Final = (
 )
 # herald's agents and server live under spiffe://<td>/herald/: no entry may mint an ID there,
 # or a workload could present itself as an agent.
-_RESERVED_PATH: Final = "/herald"
 _STATIC_PREFIX: Final = "cluster:"
 _LIST_TIMEOUT: Final = (10.0, 60.0)  # connect, read (seconds)
 _STOP_GRACE: Final = 5.0
@@ -159,9 +158,9 @@ def _duration_seconds(name: str, text: str) -> float:
 def _entry_fields(spec: Obj, trust_domain: TrustDomain) -> dict[str, Any]:
     """The Entry fields both kinds share, read and checked."""
     spiffe_id = _spiffe_id(spec, "spiffeID", trust_domain)
-    if spiffe_id.is_under(SpiffeId(trust_domain, _RESERVED_PATH)):
+    if is_reserved_id(spiffe_id):
         raise InvalidObjectError(
-            f"spec.spiffeID: {spiffe_id} is under {trust_domain.id}{_RESERVED_PATH}/, "
+            f"spec.spiffeID: {spiffe_id} is under {trust_domain.id}{RESERVED_PATH}/, "
             "which is reserved for herald's own agents and server"
         )
     try:
