@@ -48,8 +48,6 @@ HERALD_LABELS: Final = (
 # rendered an ID outside its namespace (docs/crds.md names both reasons).
 RENDER_FAILED: Final = "RenderFailed"
 OUTSIDE_NAMESPACE: Final = "OutsideNamespace"
-# The same rule as herald_server.entries.is_reserved_id (the operator does not import the
-# server): spiffe://<td>/herald and below belong to herald's agents and server.
 _KIND_PREFIX: Final = {CLUSTER_SPIFFEID: "cspiffeid", SPIFFEID: "sid"}
 _FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed"})
 _HASH_LENGTH: Final = 10
@@ -326,11 +324,34 @@ def _dns_names(
                 for name in _service_names(service, context.cluster_domain):
                     names.append(_dns_name(name, field))
     unique = list(dict.fromkeys(names))
+    if identity.namespace is not None:
+        for name in unique:
+            _confine_dns_name(name, identity, context.cluster_domain)
     if len(unique) > _MAX_DNS_NAMES:
         raise _Refused(
             RENDER_FAILED, f"{identity.label}: {len(unique)} DNS names; at most {_MAX_DNS_NAMES}"
         )
     return unique
+
+
+def _confine_dns_name(name: str, identity: Identity, cluster_domain: str) -> None:
+    """A SPIFFEID may only name its own namespace's services in an SVID.
+
+    Otherwise a tenant could mint a certificate for another namespace's service (or any outside
+    host) that a client verifying host names would accept.
+    """
+    namespace = identity.namespace
+    suffixes = [f".{namespace}", f".{namespace}.svc"]
+    if cluster_domain:
+        suffixes.append(f".{namespace}.svc.{cluster_domain}")
+    # A single label resolves through the pod's own namespace search path.
+    if "." not in name or any(name.endswith(suffix) for suffix in suffixes):
+        return
+    raise _Refused(
+        OUTSIDE_NAMESPACE,
+        f"{identity.label}: DNS name {name!r} is outside namespace {namespace}; a SPIFFEID may "
+        f"only use names ending in {', '.join(suffixes)} or a single label",
+    )
 
 
 def _service_names(service: Mapping[str, Any], cluster_domain: str) -> list[str]:

@@ -290,6 +290,27 @@ def test_a_spiffeid_id_outside_its_namespace_is_refused(template: str) -> None:
     assert "only give IDs under spiffe://example.org/ns/shop/" in failure.message
 
 
+@pytest.mark.parametrize(
+    ("names", "refused"),
+    [
+        (["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local"], None),
+        (["web.shop.svc", "payments.bank.svc"], "payments.bank.svc"),
+        (["api.example.org"], "api.example.org"),
+        (["web.shopping.svc"], "web.shopping.svc"),
+    ],
+)
+def test_a_spiffeid_dns_names_stay_in_its_namespace(names: list[str], refused: str | None) -> None:
+    identity = _identity("SPIFFEID", namespace="shop", dnsNameTemplates=names)
+    result = _render(identity, _pod(namespace="shop"))
+    if refused is None:
+        assert result.entry is not None
+        assert result.entry.spec["dnsNames"] == names
+        return
+    assert result.failure is not None
+    assert result.failure.reason == OUTSIDE_NAMESPACE
+    assert f"DNS name {refused!r} is outside namespace shop" in result.failure.message
+
+
 def test_a_cluster_spiffeid_is_not_confined() -> None:
     identity = _identity(spiffeIDTemplate="spiffe://{{ .TrustDomain }}/payments")
     assert _entry(identity).spec["spiffeID"] == "spiffe://example.org/payments"
