@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 OLD_CHANNEL_GRACE_SECONDS: Final = 5.0
 _RNG = random.Random()  # noqa: S311 - rotation jitter, not secrecy
 RPC_TIMEOUT_SECONDS: Final = 30.0
+MAX_RECONNECT_BACKOFF_MS: Final = 5000
 
 
 class ServerClientError(Exception):
@@ -84,17 +85,22 @@ class Attested:
 def load_trust_bundle(path: Path) -> list[x509.Certificate]:
     """The bootstrap roots: PEM CA certificates from ``path``; at least one is required."""
     try:
-        certs = load_pem_certs(path.read_bytes())
+        return load_pem_certs(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ServerClientError(f"trust bundle {path}: {exc}") from exc
-    if not certs:
-        raise ServerClientError(f"trust bundle {path} holds no PEM certificate")
-    return certs
 
 
 def _options(server_name: str | None) -> list[tuple[str, Any]]:
-    # The server's certificate names server_dns_names; dialling by IP needs the expected name.
-    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    options: list[tuple[str, Any]] = [
+        # grpc's own reconnect backoff grows to 120 s by default: after a long server outage
+        # the agent would stay away that long after the server is back.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
+    if server_name:
+        # The server's certificate names server_dns_names; dialling by IP needs that name.
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
 
 
 def _svid_from_proto(

@@ -93,6 +93,7 @@ class Counters:
     svids_minted: int = 0
     svid_rotations: int = 0
     svid_failures: int = 0
+    svids_expired: int = 0
     batches: int = 0
     sync_reconnects: int = 0
     jwt_minted: int = 0
@@ -173,6 +174,7 @@ class SvidManager:
         self._bundle: Bundle | None = None
         self._federated: dict[TrustDomain, Bundle] = {}
         self._jwt: OrderedDict[str, _Jwt] = OrderedDict()
+        self._jwt_inflight: dict[str, asyncio.Task[_Jwt]] = {}
         self._subscribers: set[Subscription] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -259,7 +261,7 @@ class SvidManager:
             self.counters.jwt_cache_hits += 1
             return cached.token
         try:
-            minted = await self._mint_jwt(entry, audiences)
+            minted = await asyncio.shield(self._jwt_mint_task(key, entry, audiences))
         except grpc.aio.AioRpcError as exc:
             if cached is not None and now < cached.expires_at:
                 self.counters.jwt_stale_served += 1
@@ -272,21 +274,41 @@ class SvidManager:
                 )
                 return cached.token
             raise SvidManagerError(exc.code(), exc.details() or "JWT-SVID signing failed") from exc
-        self._remember_jwt(key, minted)
         return minted.token
 
-    async def _mint_jwt(self, entry: Entry, audiences: Sequence[str]) -> _Jwt:
+    def _jwt_mint_task(
+        self, key: str, entry: Entry, audiences: Sequence[str]
+    ) -> asyncio.Task[_Jwt]:
+        """One signing call per cache key at a time: concurrent callers share it.
+
+        Shielded by the caller, so one caller giving up does not cancel it for the others.
+        """
+        task = self._jwt_inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._mint_jwt(key, entry, audiences))
+            self._jwt_inflight[key] = task
+            task.add_done_callback(self._jwt_mint_done)
+        return task
+
+    def _jwt_mint_done(self, task: asyncio.Task[_Jwt]) -> None:
+        self._jwt_inflight = {k: t for k, t in self._jwt_inflight.items() if t is not task}
+        if not task.cancelled():
+            task.exception()  # retrieved here: a caller that gave up must not leave it unread
+
+    async def _mint_jwt(self, key: str, entry: Entry, audiences: Sequence[str]) -> _Jwt:
         response = await self.client.stub().SignJWTSVID(
             agent_pb2.SignJWTSVIDRequest(entry_id=entry.id, audience=list(audiences)),
             timeout=RPC_TIMEOUT_SECONDS,
         )
         self.counters.jwt_minted += 1
-        return _Jwt(
+        minted = _Jwt(
             response.token,
             dt.datetime.fromtimestamp(response.issued_at, dt.UTC),
             dt.datetime.fromtimestamp(response.expires_at, dt.UTC),
             random_jitter(self._rng),
         )
+        self._remember_jwt(key, minted)
+        return minted
 
     def _remember_jwt(self, key: str, minted: _Jwt) -> None:
         self._jwt[key] = minted
@@ -369,24 +391,49 @@ class SvidManager:
         due: list[Entry] = []
         upcoming: list[dt.datetime] = []
         for entry in self._index:
+            held = self._held.get(entry.id)
             retry = self._retry.get(entry.id)
+            if held is not None:
+                # While retries fail, the held SVID's expiry is the next thing to act on.
+                upcoming.append(held.svid.expires_at)
             if retry is not None and now < retry[1]:
                 upcoming.append(retry[1])
             elif self._needs_svid(entry, now):
                 due.append(entry)
-            else:
-                upcoming.append(self._held[entry.id].rotate_at)
+            elif held is not None:
+                upcoming.append(held.rotate_at)
         return due, min(upcoming, default=None)
+
+    def _drop_expired(self, now: dt.datetime) -> None:
+        """Forget SVIDs that expired (the server stayed away too long) and tell subscribers."""
+        expired = [i for i, held in self._held.items() if now >= held.svid.expires_at]
+        for entry_id in expired:
+            log.warning("SVID expired before it could be renewed: entry_id=%s", entry_id)
+            del self._held[entry_id]
+        if expired:
+            self.counters.svids_expired += len(expired)
+            self._changed()
 
     async def _mint_loop(self) -> None:
         while True:
             self._wake.clear()
-            due, next_at = self._due(self.clock.now())
+            now = self.clock.now()
+            self._drop_expired(now)
+            due, next_at = self._due(now)
             for start in range(0, len(due), self.max_batch):
-                await self._mint_batch(due[start : start + self.max_batch])
+                await self._mint_batch_guarded(due[start : start + self.max_batch])
             if due:
                 continue  # minting took time: look again before sleeping
             await self._sleep_until(next_at)
+
+    async def _mint_batch_guarded(self, entries: list[Entry]) -> None:
+        """One batch; an unexpected error is logged and retried per entry, never kills the loop."""
+        try:
+            await self._mint_batch(entries)
+        except Exception:
+            log.exception("SVID batch failed unexpectedly: entries=%d", len(entries))
+            for entry in entries:
+                self._failed(entry.id)
 
     async def _sleep_until(self, when: dt.datetime | None) -> None:
         delay = _MAX_IDLE_SECONDS

@@ -7,20 +7,32 @@ cache JWT-SVIDs. Latencies are printed (run with -s) so docs/benchmarks.md can q
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from cryptography import x509
 
-from herald_agent.server_client import ServerClient, attest_join_token
-from herald_agent.svid_manager import SvidManager
+from herald_agent.server_client import (
+    ServerClient,
+    ServerClientError,
+    attest_join_token,
+    load_trust_bundle,
+)
+from herald_agent.svid_manager import SvidManager, SvidManagerError
+from herald_core.entry import Entry
+from herald_core.keys import generate_key, private_key_to_pem
 from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.selector import parse_selectors
-from herald_core.x509svid import verify_chain
+from herald_core.spiffeid import SpiffeId, TrustDomain
+from herald_core.wire import entry_to_proto
+from herald_core.x509svid import X509Svid, certs_to_pem, make_ca_certificate, verify_chain
 from herald_server.server import HeraldServer
 from tests.server_harness import (
     SERVER_NAME,
@@ -33,6 +45,7 @@ from tests.server_harness import (
 
 pytestmark = pytest.mark.timeout(90)
 UID_1000 = parse_selectors(["unix:uid:1000"])
+HOUR = dt.timedelta(hours=1)
 
 
 def free_port() -> int:
@@ -211,3 +224,105 @@ async def test_one_unsignable_entry_does_not_block_its_batch(node: Node) -> None
     assert node.manager.counters.svid_failures >= 1
     retries = node.manager.counters.svid_failures
     await wait_for(lambda: node.manager.counters.svid_failures > retries, within=2.0)
+
+
+async def update_entry(server: HeraldServer, entry: Entry) -> None:
+    channel, admin = admin_stub(server)
+    async with channel:
+        await admin.UpdateEntry(admin_pb2.UpdateEntryRequest(entry=entry_to_proto(entry)))
+
+
+def dns_names_of(svid: X509Svid) -> list[str]:
+    sans = svid.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names: list[str] = sans.get_values_for_type(x509.DNSName)
+    return names
+
+
+async def test_entry_changes_re_mint_and_a_new_spiffe_id_drops_the_old_svid(node: Node) -> None:
+    web = await create_entry(node.server, "/web", agent_id(node), dns_names=("a.example",))
+    await node.manager.start()
+    await wait_for(lambda: node.manager.svid("web") is not None)
+    first = node.manager.svid("web")
+    assert first is not None
+
+    await update_entry(node.server, replace(web, dns_names=("b.example",)))
+    await wait_for(lambda: node.manager.svid("web") not in (None, first), within=2.0)
+    second = node.manager.svid("web")
+    assert second is not None and dns_names_of(second) == ["b.example"]
+
+    moved = replace(web, spiffe_id=SpiffeId.parse("spiffe://example.org/moved"))
+    with node.manager.subscribe() as subscription:
+        await update_entry(node.server, moved)
+        await asyncio.wait_for(subscription.wait(), 2.0)
+        (identity,) = node.manager.identities_for(UID_1000)
+        assert identity.svid is None or identity.svid.spiffe_id == moved.spiffe_id, (
+            "the old identity is never served under the changed entry"
+        )
+    await wait_for(lambda: node.manager.svid("web") is not None, within=2.0)
+    third = node.manager.svid("web")
+    assert third is not None and third.spiffe_id == moved.spiffe_id
+
+
+async def test_concurrent_jwt_fetches_share_one_signing_call(node: Node) -> None:
+    await create_entry(node.server, "/web", agent_id(node))
+    await node.manager.start()
+    await wait_for(lambda: node.manager.entry_count == 1)
+    tokens = await asyncio.gather(*(node.manager.fetch_jwt("web", ["x"]) for _ in range(50)))
+    assert len(set(tokens)) == 1
+    assert node.manager.counters.jwt_minted == 1
+    with pytest.raises(SvidManagerError) as info:
+        await node.manager.fetch_jwt("nope", ["x"])
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(SvidManagerError) as info:
+        await node.manager.fetch_jwt("web", [])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_agent_svid_is_renewed_and_the_new_one_is_used(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, ca={"agent_svid_ttl": "4s"})
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        await join_token(server),
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
+    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    await manager.start()
+    try:
+        first = client.svid
+        await wait_for(lambda: client.renewals >= 3, within=10.0)
+        assert utcnow() > first.expires_at, "the first agent SVID has expired by now"
+        assert client.svid.key is not first.key and manager.ready
+        await create_entry(server, "/late", client.svid.spiffe_id)
+        await wait_for(lambda: manager.svid("late") is not None, within=3.0)
+    finally:
+        await manager.stop()
+        await client.close()
+        await server.stop()
+
+
+async def test_bootstrap_needs_the_servers_ca(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    try:
+        bundle_file = tmp_path / "bundle.pem"
+        bundle_file.write_bytes(certs_to_pem(server.ca.bundle().x509_authorities))
+        roots = load_trust_bundle(bundle_file)
+        address = f"127.0.0.1:{server.attestation_port}"
+        now = utcnow()
+        stranger = make_ca_certificate(
+            generate_key(), TrustDomain("example.org"), not_before=now, not_after=now + HOUR
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await attest_join_token(address, await join_token(server), [stranger], SERVER_NAME)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        attested = await attest_join_token(address, await join_token(server), roots, SERVER_NAME)
+        assert attested.svid.spiffe_id.path.startswith("/herald/agent/join_token/")
+    finally:
+        await server.stop()
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(private_key_to_pem(generate_key()))
+    with pytest.raises(ServerClientError, match="not a CERTIFICATE"):
+        load_trust_bundle(key_file)
+    with pytest.raises(ServerClientError, match=r"missing\.pem"):
+        load_trust_bundle(tmp_path / "missing.pem")
