@@ -23,6 +23,7 @@ from herald_agent.server_client import (
     ServerClient,
     ServerClientError,
     attest_join_token,
+    attest_k8s_psat,
     load_trust_bundle,
 )
 from herald_agent.svid_manager import SvidManager, SvidManagerError
@@ -34,6 +35,13 @@ from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import entry_to_proto
 from herald_core.x509svid import X509Svid, certs_to_pem, make_ca_certificate, verify_chain
 from herald_server.server import HeraldServer
+from tests.integration.test_server_kubernetes import (
+    add_agent_pod,
+    add_node,
+    workload_entry,
+)
+from tests.integration.test_server_kubernetes import start as start_kubernetes_server
+from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     SERVER_NAME,
     admin_stub,
@@ -326,3 +334,31 @@ async def test_bootstrap_needs_the_servers_ca(tmp_path: Path) -> None:
         load_trust_bundle(key_file)
     with pytest.raises(ServerClientError, match=r"missing\.pem"):
         load_trust_bundle(tmp_path / "missing.pem")
+
+
+async def test_k8s_psat_attestation_from_a_token_file(kube: KubeCluster, tmp_path: Path) -> None:
+    server = await start_kubernetes_server(kube, tmp_path)
+    try:
+        uid = add_node(kube, "node-a")
+        add_agent_pod(kube, "node-a", "projected-token")
+        token_file = tmp_path / "token"
+        token_file.write_text("projected-token\n")
+        attested = await attest_k8s_psat(
+            f"127.0.0.1:{server.attestation_port}",
+            "test",
+            token_file,
+            server.ca.bundle().x509_authorities,
+            SERVER_NAME,
+        )
+        assert attested.svid.spiffe_id.path == f"/herald/agent/k8s_psat/test/{uid}"
+        client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
+        manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+        await manager.start()
+        try:
+            kube.create(workload_entry("web", "node-a", "/ns/shop/sa/web"))
+            await wait_for(lambda: manager.svid("shop.web") is not None)
+        finally:
+            await manager.stop()
+            await client.close()
+    finally:
+        await server.stop()
