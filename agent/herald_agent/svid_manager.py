@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 from collections import OrderedDict
@@ -157,13 +158,15 @@ class SvidManager:
         max_batch: int = DEFAULT_MAX_BATCH,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        jwt_cache_size: int = JWT_CACHE_SIZE,
         rng: random.Random | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or jwt_cache_size < 1:
+            raise ValueError("max_batch and jwt_cache_size must be at least 1")
         self.client = client
         self.clock = clock
         self.max_batch = max_batch
+        self.jwt_cache_size = jwt_cache_size
         self.counters = Counters()
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -190,9 +193,10 @@ class SvidManager:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._jwt_inflight.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -287,11 +291,12 @@ class SvidManager:
         if task is None:
             task = asyncio.create_task(self._mint_jwt(key, entry, audiences))
             self._jwt_inflight[key] = task
-            task.add_done_callback(self._jwt_mint_done)
+            task.add_done_callback(functools.partial(self._jwt_mint_done, key))
         return task
 
-    def _jwt_mint_done(self, task: asyncio.Task[_Jwt]) -> None:
-        self._jwt_inflight = {k: t for k, t in self._jwt_inflight.items() if t is not task}
+    def _jwt_mint_done(self, key: str, task: asyncio.Task[_Jwt]) -> None:
+        if self._jwt_inflight.get(key) is task:
+            del self._jwt_inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved here: a caller that gave up must not leave it unread
 
@@ -313,7 +318,7 @@ class SvidManager:
     def _remember_jwt(self, key: str, minted: _Jwt) -> None:
         self._jwt[key] = minted
         self._jwt.move_to_end(key)
-        while len(self._jwt) > JWT_CACHE_SIZE:
+        while len(self._jwt) > self.jwt_cache_size:
             self._jwt.popitem(last=False)
 
     # Entry sync
@@ -541,4 +546,3 @@ class SvidManager:
                 continue
             backoff.reset()
             self.counters.agent_renewals += 1
-            self._changed()

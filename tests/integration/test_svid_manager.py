@@ -362,3 +362,18 @@ async def test_k8s_psat_attestation_from_a_token_file(kube: KubeCluster, tmp_pat
             await client.close()
     finally:
         await server.stop()
+
+
+async def test_jwt_cache_is_a_bounded_lru(node: Node) -> None:
+    node.manager.jwt_cache_size = 2
+    await create_entry(node.server, "/web", agent_id(node))
+    await node.manager.start()
+    await wait_for(lambda: node.manager.entry_count == 1)
+    first = await node.manager.fetch_jwt("web", ["a"])
+    await node.manager.fetch_jwt("web", ["b"])
+    assert await node.manager.fetch_jwt("web", ["a"]) == first, "a hit refreshes 'a'"
+    await node.manager.fetch_jwt("web", ["c"])  # evicts 'b', the least recently used
+    assert node.manager.counters.jwt_minted == 3
+    assert await node.manager.fetch_jwt("web", ["a"]) == first
+    await node.manager.fetch_jwt("web", ["b"])
+    assert node.manager.counters.jwt_minted == 4
