@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import grpc
-from cryptography import x509
 
 from herald_agent.rotation import Backoff, random_jitter, rotation_time
 from herald_agent.server_client import RPC_TIMEOUT_SECONDS, ServerClient, ServerClientError
@@ -118,8 +117,10 @@ def _keys_and_csrs(entries: Sequence[Entry]) -> list[tuple[PrivateKey, bytes]]:
 
 
 def _parse_svid(entry: Entry, key: PrivateKey, chain_der: Sequence[bytes]) -> X509Svid:
+    """The signed chain with its key. No hint: it can change without a re-mint, so readers take
+    it from the entry."""
     chain = tuple(c for der in chain_der for c in parse_der_chain(der))
-    return X509Svid(entry.spiffe_id, chain, key, entry.hint)
+    return X509Svid(entry.spiffe_id, chain, key)
 
 
 class Subscription:
@@ -511,9 +512,9 @@ class SvidManager:
             log.warning("SVID signing refused: entry_id=%s reason=%s", entry.id, reason)
             self._failed(entry.id)
             return False
-        leaf: x509.Certificate = signed.leaf
-        start = max(leaf.not_valid_before_utc, self.clock.now())
-        rotate_at = rotation_time(start, leaf.not_valid_after_utc, random_jitter(self._rng))
+        # Counted from receipt: the server backdates notBefore, which would rotate early.
+        start = max(signed.leaf.not_valid_before_utc, self.clock.now())
+        rotate_at = rotation_time(start, signed.expires_at, random_jitter(self._rng))
         rotated = entry.id in self._held
         self._held[entry.id] = _Held(signed, _spec(entry), rotate_at)
         self._retry.pop(entry.id, None)
@@ -523,9 +524,11 @@ class SvidManager:
 
     def _failed(self, entry_id: str) -> None:
         self.counters.svid_failures += 1
-        backoff = self._retry.get(entry_id, (None, None))[0] or Backoff(
-            base=self._backoff_base, cap=self._backoff_cap, rng=self._rng
-        )
+        previous = self._retry.get(entry_id)
+        if previous is not None:
+            backoff = previous[0]
+        else:
+            backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
         retry_at = self.clock.now() + dt.timedelta(seconds=backoff.next_delay())
         self._retry[entry_id] = (backoff, retry_at)
 
