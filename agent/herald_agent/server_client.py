@@ -208,6 +208,8 @@ class ServerClient:
         self.svid = attested.svid
         self.bundle = attested.bundle
         self.renewals = 0
+        # Counts channel replacements, so a stream cut by one is told apart from a failure.
+        self.channel_generation = 0
         self._channel = self._open()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -225,6 +227,7 @@ class ServerClient:
 
     def _replace_channel(self) -> None:
         old, self._channel = self._channel, self._open()
+        self.channel_generation += 1
         task = asyncio.create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -327,12 +327,17 @@ class SvidManager:
     async def _sync_loop(self) -> None:
         backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
         while True:
+            generation = self.client.channel_generation
             try:
                 async for message in self.client.stub().SyncEntries(agent_pb2.SyncEntriesRequest()):
                     self._apply(message)
                     backoff.reset()
                 log.info("entry sync stream ended; reconnecting")
             except grpc.aio.AioRpcError as exc:
+                if generation != self.client.channel_generation:
+                    # The channel was replaced (renewal or new roots): move over at once.
+                    log.info("entry sync moving to the new channel")
+                    continue
                 log.warning(
                     "entry sync stream broke: code=%s detail=%s", exc.code().name, exc.details()
                 )
