@@ -175,6 +175,16 @@ _Slot = TypeVar("_Slot", bound=X509Slot | JwtSlot)
 _Create = Callable[[datetime, datetime, SlotStatus], _Slot]
 
 
+@dataclass(frozen=True)
+class X509Issuance:
+    """The issuing CA of the moment and the (NotBefore, NotAfter) windows asked for."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+    intermediates: tuple[x509.Certificate, ...]
+    windows: tuple[tuple[datetime, datetime], ...]
+
+
 class CAManager:
     """Holds the CA state, rotates it (leader), follows it (others), and signs with it."""
 
@@ -310,6 +320,18 @@ class CAManager:
         return self._sign_leaf(
             public_key, spiffe_id, _ttl(ttl, self._settings.x509_svid_ttl), dns_names
         )
+
+    def x509_issuance(self, ttls: Sequence[timedelta | None]) -> X509Issuance:
+        """Everything signing workload SVIDs right now needs, for one validity window per TTL.
+
+        For signers outside this object (the signing worker processes); ``sign_x509_svid`` is
+        the same issuance done here.
+        """
+        now = self._clock.now()
+        slot = self._x509_signer(now)
+        default = self._settings.x509_svid_ttl
+        windows = tuple(svid_validity(now, _ttl(ttl, default), slot.not_after) for ttl in ttls)
+        return X509Issuance(slot.cert, slot.key, slot.intermediates, windows)
 
     def sign_agent_svid(
         self, public_key: PublicKey, agent_id: SpiffeId, *, ttl: timedelta | None = None

@@ -85,6 +85,7 @@ class LimitsConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     sign_rate_per_agent: float = 200.0
     sign_burst_per_agent: int = 1000
+    signing_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ def _read_limits(section: _Section) -> LimitsConfig:
         sign_burst_per_agent=section.integer(
             "sign_burst_per_agent", defaults.sign_burst_per_agent, 1, 10_000_000
         ),
+        signing_workers=section.integer("signing_workers", defaults.signing_workers, 0, 64),
     )
     if limits.sign_burst_per_agent < limits.max_batch:
         raise section.error(

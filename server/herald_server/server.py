@@ -41,6 +41,7 @@ from herald_server.kube import ApiClientFactory, api_session, kube_client_factor
 from herald_server.leader import LeaseElector
 from herald_server.metrics import ServerMetrics
 from herald_server.node_attestation import JoinTokenAttestor, K8sPsatAttestor, NodeAttestor
+from herald_server.signing import BatchSigner
 from herald_server.sqlite_store import SqliteStore
 from herald_server.upstream import UpstreamAuthority, load_upstream_files, upstream_from_secret_data
 
@@ -112,6 +113,7 @@ class HeraldServer:
         self._elector: LeaseElector | None = None
         self._publisher: BundlePublisher | None = None
         self._health: HealthServer | None = None
+        self._signer: BatchSigner | None = None
         self.attestation_port = 0
         self.agent_port = 0
         self.store: EntryStore
@@ -265,6 +267,7 @@ class HeraldServer:
             else None,
             clock=self._clock,
         )
+        self._signer = BatchSigner(limits.signing_workers)
         agents = grpc.aio.server(options=options)
         agent_pb2_grpc.add_AgentAPIServicer_to_server(
             AgentService(
@@ -273,6 +276,7 @@ class HeraldServer:
                 auth=auth,
                 registry=None if self.kubernetes else registry,
                 metrics=self.metrics,
+                signer=self._signer,
                 limits=api_limits,
                 clock=self._clock,
             ),
@@ -353,6 +357,9 @@ class HeraldServer:
         if self._health is not None:
             await self._health.stop()
             self._health = None
+        if self._signer is not None:
+            self._signer.close()
+            self._signer = None
         store: EntryStore | None = getattr(self, "store", None)
         if store is not None:
             await store.stop()

@@ -395,3 +395,27 @@ async def test_restart_keeps_ca_entries_and_agents(tmp_path: Path) -> None:
         await agent.close()
     finally:
         await again.stop()
+
+
+async def test_signing_worker_processes_give_the_same_answers(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, limits={"signing_workers": 2})
+    try:
+        agent = await new_agent(server)
+        entries = [
+            await create_entry(server, f"/w{i}", agent.spiffe_id, selectors=(f"unix:uid:{i}",))
+            for i in range(5)
+        ]
+        items = [(e.id, csr_for(e)[1]) for e in entries]
+        items[2] = (entries[2].id, csr_for(entries[3])[1])  # names another entry's ID
+        results = await sign(agent, server, *items)
+        codes = [r.status.code for r in results]
+        assert codes == [OK, OK, grpc.StatusCode.INVALID_ARGUMENT.value[0], OK, OK]
+        for entry, result in zip(entries, results, strict=True):
+            if result.status.code == OK:
+                leaf = leaf_of(result)
+                roots = server.ca.bundle().x509_authorities
+                assert verify_chain([leaf], roots, now=utcnow()) == entry.spiffe_id
+                assert result.expires_at == int(leaf.not_valid_after_utc.timestamp())
+        await agent.close()
+    finally:
+        await server.stop()
