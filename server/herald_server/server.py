@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Rotation is driven by next_rotation_at(); the cap bounds how stale a wrong clock can make it.
 MAX_ROTATION_SLEEP = 30.0
+# cert-manager renews an upstream CA at 2/3 of its life, so a minute's delay is immaterial.
+UPSTREAM_REFRESH_SECONDS = 60.0
 
 
 class _TlsMaterial:
@@ -114,6 +116,7 @@ class HeraldServer:
         self._publisher: BundlePublisher | None = None
         self._health: HealthServer | None = None
         self._signer: BatchSigner | None = None
+        self._upstream: UpstreamAuthority | None = None
         self.attestation_port = 0
         self.agent_port = 0
         self.store: EntryStore
@@ -163,6 +166,9 @@ class HeraldServer:
         await self._health.start()
         self._spawn(self._rotation_loop(), "rotation")
         self._spawn(self._follow_keystore(keystore), "keystore-watch")
+        if self.config.ca.upstream is not None:
+            self._upstream = upstream
+            self._spawn(self._follow_upstream(), "upstream-refresh")
         if self._elector is not None:
             self._spawn(self._elector.run(), "leader-election")
         log.info(
@@ -317,6 +323,33 @@ class HeraldServer:
             self.metrics.set_ca_expiry(self.ca.x509_ca_expires_at())
             delay = (self.ca.next_rotation_at() - self._clock.now()).total_seconds()
             await asyncio.sleep(min(max(delay, 0.05), MAX_ROTATION_SLEEP))
+
+    async def _follow_upstream(self) -> None:
+        while True:
+            await asyncio.sleep(UPSTREAM_REFRESH_SECONDS)
+            await self.refresh_upstream()
+
+    async def refresh_upstream(self) -> bool:
+        """Re-read the upstream CA; a renewed one signs the CAs prepared from now on.
+
+        Returns whether it changed. A broken renewal is logged and the current upstream kept,
+        so a half-written Secret never stops the server from signing.
+        """
+        try:
+            upstream = await self._load_upstream()
+        except Exception as exc:
+            log.warning("could not re-read the upstream CA; keeping the current one: %s", exc)
+            return False
+        if upstream is None or self._upstream is None or upstream.cert == self._upstream.cert:
+            return False
+        self.ca.replace_upstream(upstream)
+        self._upstream = upstream
+        log.info(
+            "upstream CA renewed: subject=%s not_after=%s",
+            upstream.cert.subject.rfc4514_string(),
+            upstream.not_after.isoformat(),
+        )
+        return True
 
     async def _follow_keystore(self, keystore: KeyStore) -> None:
         """Adopt states other replicas (or a previous leader) wrote; a no-op for our own."""
