@@ -1,0 +1,439 @@
+"""The SPIFFE Workload API (``SpiffeWorkloadAPI``) served on the agent's private grpc.aio server.
+
+Every call, in order: the ``workload.spiffe.io: true`` security header (exactly one value, else
+INVALID_ARGUMENT before any work), the kernel-identified caller from the relay
+(`CallerRegistry.require_caller`), the request's mandatory fields, workload attestation with
+every configured attestor (the union of their selectors; a failure is UNAVAILABLE), and a check
+that the caller is still the process that connected (else UNAUTHENTICATED). Codes and messages
+are SPIRE's (``pkg/agent/endpoints/workload/handler.go``).
+
+Streams send the caller's full state at once and again whenever a `SvidManager` wake-up changes
+what this caller gets; they never send an empty ``svids`` list: entries whose SVIDs are still
+being minted are waited for, and a caller left without any matching entry gets its stream ended
+with PERMISSION_DENIED. Bundle streams skip a message equal to the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Final, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import struct_pb2
+
+from herald_agent.attestors import AttestationError, WorkloadAttestor
+from herald_agent.endpoint import CallerRegistry
+from herald_agent.peercred import still_same
+from herald_agent.svid_manager import Identity, SvidManager, SvidManagerError
+from herald_core.bundle import Bundle
+from herald_core.clock import SYSTEM_CLOCK, Clock
+from herald_core.jwtsvid import JwtSvidError, validate_jwt_svid
+from herald_core.logs import log_event
+from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
+from herald_core.selector import Selector
+from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+
+SERVICE_NAME: Final = "SpiffeWorkloadAPI"
+SECURITY_HEADER: Final = "workload.spiffe.io"
+SECURITY_HEADER_VALUE: Final = "true"
+
+HEADER_MISSING: Final = "security header missing from request"
+NO_IDENTITY: Final = "no identity issued"
+ATTESTATION_FAILED: Final = "workload attestation failed"
+CALLER_GONE: Final = "could not verify existence of the original caller"
+AUDIENCE_REQUIRED: Final = "audience must be specified"
+SVID_REQUIRED: Final = "svid must be specified"
+INVALID_SPIFFE_ID: Final = "invalid requested SPIFFE ID"
+JWT_FETCH_FAILED: Final = "could not fetch JWT-SVID"
+WIT_UNIMPLEMENTED: Final = "fetching WIT-SVIDs is not implemented"
+
+# Claims kept from a token of another trust domain (SPIRE, without allowed_foreign_jwt_claims).
+_FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
+
+_log = logging.getLogger(__name__)
+_Context = grpc.aio.ServicerContext[Any, Any]
+_M = TypeVar("_M", bound=protobuf_message.Message)
+
+
+async def _abort(context: _Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # grpc.aio raises; this keeps mypy honest
+
+
+def has_security_header(context: _Context) -> bool:
+    """Exactly one ``workload.spiffe.io`` value, and it is exactly ``true`` (as SPIRE checks)."""
+    values = [
+        value for key, value in (context.invocation_metadata() or ()) if key == SECURITY_HEADER
+    ]
+    return values == [SECURITY_HEADER_VALUE]
+
+
+def bundle_key(trust_domain: TrustDomain) -> str:
+    """Bundle map key: the trust domain's ID, ``spiffe://td``, as SPIRE sends it."""
+    return str(trust_domain.id)
+
+
+def dedupe_hints(identities: Sequence[Identity]) -> list[Identity]:
+    """Keep one identity per non-empty hint: the oldest entry (created_at, then entry ID).
+
+    The order of what is kept is unchanged (SPIRE ``hintsfilter``); the dropped ones are logged.
+    """
+    winners: dict[str, Identity] = {}
+    for identity in identities:
+        hint = identity.entry.hint
+        if not hint:
+            continue
+        held = winners.get(hint)
+        if held is None or _age(identity) < _age(held):
+            winners[hint] = identity
+    kept = []
+    for identity in identities:
+        hint = identity.entry.hint
+        if hint and winners[hint] is not identity:
+            log_event(
+                _log,
+                "warning",
+                "entry hidden: another entry of this workload has the same hint",
+                entry_id=identity.entry.id,
+                kept_entry_id=winners[hint].entry.id,
+                hint=hint,
+            )
+            continue
+        kept.append(identity)
+    return kept
+
+
+def _age(identity: Identity) -> tuple[int, str]:
+    return (identity.entry.created_at, identity.entry.id)
+
+
+def _federated_for(
+    identities: Iterable[Identity], federated: dict[TrustDomain, Bundle]
+) -> dict[TrustDomain, Bundle]:
+    """The federated bundles held for the union of the entries' ``federates_with``."""
+    wanted = {td for identity in identities for td in identity.entry.federates_with}
+    return {td: federated[td] for td in sorted(wanted) if td in federated}
+
+
+def claims_struct(claims: dict[str, Any]) -> struct_pb2.Struct:
+    """Claims as a Struct; ``aud`` always as a list (numbers become doubles, as in SPIRE)."""
+    values = dict(claims)
+    aud = values.get("aud")
+    if isinstance(aud, str):
+        values["aud"] = [aud]
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+    """``SpiffeWorkloadAPI`` over a `SvidManager`, for callers the relay identified."""
+
+    def __init__(
+        self,
+        manager: SvidManager,
+        callers: CallerRegistry,
+        attestors: Sequence[WorkloadAttestor],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._manager = manager
+        self._callers = callers
+        self._attestors = tuple(attestors)
+        self._clock = clock
+        self.health_registered = False
+        self.reflection_registered = False
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """The endpoint's handler registrar: this service, plus health and reflection when the
+        optional ``grpcio-health-checking`` / ``grpcio-reflection`` packages are installed."""
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, server)
+        self.health_registered = _register_health(server)
+        self.reflection_registered = _register_reflection(server)
+
+    # Per-call checks
+
+    async def _check_header(self, context: _Context) -> None:
+        if not has_security_header(context):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
+
+    async def _attest(self, context: _Context) -> frozenset[Selector]:
+        """The caller's selectors from every attestor; aborts as SPIRE's peer tracker does."""
+        caller = await self._callers.require_caller(context)
+        selectors: set[Selector] = set()
+        for attestor in self._attestors:
+            try:
+                selectors |= await attestor.attest(caller.process.pid)
+            except AttestationError as exc:
+                log_event(
+                    _log,
+                    "warning",
+                    ATTESTATION_FAILED,
+                    attestor=attestor.name,
+                    pid=caller.process.pid,
+                    error=str(exc),
+                )
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, ATTESTATION_FAILED)
+        if not still_same(caller.process):
+            await _abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{CALLER_GONE}: process {caller.process.pid} exited or was replaced",
+            )
+        return frozenset(selectors)
+
+    # X.509-SVID profile
+
+    async def FetchX509SVID(
+        self, request: workload_pb2.X509SVIDRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
+        await self._check_header(context)
+        selectors = await self._attest(context)
+        with self._manager.subscribe() as subscription:
+            sent: tuple[object, ...] | None = None
+            while True:
+                matching = self._manager.identities_for(selectors)
+                if not matching:
+                    await _abort(context, grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+                served = [i for i in dedupe_hints(matching) if i.svid is not None]
+                bundle = self._manager.bundle
+                if served and bundle is not None:
+                    federated = _federated_for(served, self._manager.federated_bundles)
+                    state = _x509_state(served, bundle, federated)
+                    if state != sent:
+                        yield _x509_response(served, bundle, federated)
+                        sent = state
+                # Otherwise every matching entry's SVID is still being minted: wait for it.
+                await subscription.wait()
+
+    async def FetchX509Bundles(
+        self, request: workload_pb2.X509BundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+        await self._check_header(context)
+        selectors = await self._attest(context)
+
+        def build(bundles: dict[TrustDomain, Bundle]) -> workload_pb2.X509BundlesResponse:
+            return workload_pb2.X509BundlesResponse(
+                bundles={bundle_key(td): b.x509_der() for td, b in bundles.items()}
+            )
+
+        async for response in self._bundle_stream(context, selectors, build):
+            yield response
+
+    # JWT-SVID profile
+
+    async def FetchJWTSVID(
+        self, request: workload_pb2.JWTSVIDRequest, context: _Context
+    ) -> workload_pb2.JWTSVIDResponse:
+        await self._check_header(context)
+        await self._callers.require_caller(context)
+        audiences = list(dict.fromkeys(a for a in request.audience if a.strip()))
+        if not audiences:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
+        wanted: SpiffeId | None = None
+        if request.spiffe_id:
+            try:
+                wanted = SpiffeId.parse(request.spiffe_id)
+            except SpiffeIdError as exc:
+                await _abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"{INVALID_SPIFFE_ID}: {exc}"
+                )
+        selectors = await self._attest(context)
+        identities = dedupe_hints(self._manager.identities_for(selectors))
+        if wanted is not None:
+            identities = [i for i in identities if i.entry.spiffe_id == wanted]
+        if not identities:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+        try:
+            tokens = await asyncio.gather(
+                *(self._manager.fetch_jwt(i.entry.id, audiences) for i in identities)
+            )
+        except SvidManagerError as exc:
+            code, message = _jwt_error(exc)
+            await _abort(context, code, message)
+        return workload_pb2.JWTSVIDResponse(
+            svids=[
+                workload_pb2.JWTSVID(
+                    spiffe_id=str(identity.entry.spiffe_id), svid=token, hint=identity.entry.hint
+                )
+                for identity, token in zip(identities, tokens, strict=True)
+            ]
+        )
+
+    async def FetchJWTBundles(
+        self, request: workload_pb2.JWTBundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
+        await self._check_header(context)
+        selectors = await self._attest(context)
+
+        def build(bundles: dict[TrustDomain, Bundle]) -> workload_pb2.JWTBundlesResponse:
+            return workload_pb2.JWTBundlesResponse(
+                bundles={bundle_key(td): b.to_workload_jwt_jwks() for td, b in bundles.items()}
+            )
+
+        async for response in self._bundle_stream(context, selectors, build):
+            yield response
+
+    async def ValidateJWTSVID(
+        self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
+    ) -> workload_pb2.ValidateJWTSVIDResponse:
+        await self._check_header(context)
+        await self._callers.require_caller(context)
+        if not request.audience:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
+        if not request.svid:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, SVID_REQUIRED)
+        # The caller is attested only to choose the bundles: no identity is no refusal here.
+        selectors = await self._attest(context)
+        bundles = self._bundles_for(self._manager.identities_for(selectors))
+        try:
+            svid = validate_jwt_svid(request.svid, bundles, request.audience, now=self._clock.now())
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        claims = dict(svid.claims)
+        own = self._manager.bundle
+        if own is None or svid.spiffe_id.trust_domain != own.trust_domain:
+            claims = {k: v for k, v in claims.items() if k in _FOREIGN_CLAIMS}
+        return workload_pb2.ValidateJWTSVIDResponse(
+            spiffe_id=str(svid.spiffe_id), claims=claims_struct(claims)
+        )
+
+    # WIT-SVID profile: not supported
+
+    async def FetchWITSVID(
+        self, request: workload_pb2.WITSVIDRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
+        await self._check_header(context)
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, WIT_UNIMPLEMENTED)
+        yield workload_pb2.WITSVIDResponse()  # pragma: no cover - makes this a stream handler
+
+    async def FetchWITBundles(
+        self, request: workload_pb2.WITBundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
+        await self._check_header(context)
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, WIT_UNIMPLEMENTED)
+        yield workload_pb2.WITBundlesResponse()  # pragma: no cover - makes this a stream handler
+
+    # Shared
+
+    def _bundles_for(self, identities: Sequence[Identity]) -> dict[TrustDomain, Bundle]:
+        """Own trust domain's bundle plus the federated ones the entries federate with."""
+        own = self._manager.bundle
+        bundles = {} if own is None else {own.trust_domain: own}
+        bundles.update(_federated_for(identities, self._manager.federated_bundles))
+        return bundles
+
+    async def _bundle_stream(
+        self,
+        context: _Context,
+        selectors: frozenset[Selector],
+        build: Callable[[dict[TrustDomain, Bundle]], _M],
+    ) -> AsyncIterator[_M]:
+        """A bundle stream for a caller with at least one entry; equal messages are skipped."""
+        with self._manager.subscribe() as subscription:
+            sent: _M | None = None
+            while True:
+                matching = self._manager.identities_for(selectors)
+                if not matching:
+                    await _abort(context, grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+                if self._manager.bundle is not None:
+                    response = build(self._bundles_for(matching))
+                    if response != sent:
+                        yield response
+                        sent = response
+                await subscription.wait()
+
+
+def _x509_state(
+    served: Sequence[Identity], bundle: Bundle, federated: dict[TrustDomain, Bundle]
+) -> tuple[object, ...]:
+    """What an X509SVIDResponse is made of, compared without building the message.
+
+    SVIDs are compared by object identity: the manager stores a new object for every mint.
+    """
+    return (
+        tuple((i.entry.id, i.entry.spiffe_id, i.entry.hint, id(i.svid), i.svid) for i in served),
+        bundle,
+        tuple(federated.items()),
+    )
+
+
+def _x509_response(
+    served: Sequence[Identity], bundle: Bundle, federated: dict[TrustDomain, Bundle]
+) -> workload_pb2.X509SVIDResponse:
+    own = bundle.x509_der()
+    svids = []
+    for identity in served:
+        svid = identity.svid
+        assert svid is not None  # served holds only identities with an SVID
+        svids.append(
+            workload_pb2.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                x509_svid=svid.chain_der(),
+                x509_svid_key=svid.key_der(),
+                bundle=own,
+                hint=identity.entry.hint,
+            )
+        )
+    return workload_pb2.X509SVIDResponse(
+        svids=svids,
+        federated_bundles={bundle_key(td): b.x509_der() for td, b in federated.items()},
+    )
+
+
+def _jwt_error(exc: SvidManagerError) -> tuple[grpc.StatusCode, str]:
+    """SvidManagerError → the Workload API's code and message (SPIRE's wording)."""
+    if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+        # The entry went away between matching and minting.
+        return grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY
+    if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.UNAVAILABLE, f"{JWT_FETCH_FAILED}: {exc}"
+
+
+def _register_health(server: grpc.aio.Server) -> bool:
+    """grpc.health.v1 (SERVING) when ``grpcio-health-checking`` is installed; else False."""
+    try:
+        health = importlib.import_module("grpc_health.v1.health")
+        health_pb2 = importlib.import_module("grpc_health.v1.health_pb2")
+        health_pb2_grpc = importlib.import_module("grpc_health.v1.health_pb2_grpc")
+    except ImportError:
+        log_event(_log, "info", "grpc health not served: grpcio-health-checking not installed")
+        return False
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    # The service is registered before the server starts; the status is set when it runs.
+    asyncio.get_running_loop().create_task(_set_serving(servicer, serving))
+    return True
+
+
+async def _set_serving(servicer: Any, serving: Any) -> None:
+    await servicer.set("", serving)
+    await servicer.set(SERVICE_NAME, serving)
+
+
+def _register_reflection(server: grpc.aio.Server) -> bool:
+    """Server reflection when ``grpcio-reflection`` is installed; else False."""
+    try:
+        reflection = importlib.import_module("grpc_reflection.v1alpha.reflection")
+    except ImportError:
+        log_event(_log, "info", "grpc reflection not served: grpcio-reflection not installed")
+        return False
+    names = [SERVICE_NAME, reflection.SERVICE_NAME]
+    if _health_available():
+        names.append("grpc.health.v1.Health")
+    reflection.enable_server_reflection(names, server)
+    return True
+
+
+def _health_available() -> bool:
+    try:
+        importlib.import_module("grpc_health.v1.health")
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,553 @@
+"""The Workload API servicer end to end: a real herald-server, a real SvidManager attested to it,
+the kernel-identifying WorkloadEndpoint with the unix attestor, and the real py-spiffe client.
+
+py-spiffe runs in subprocesses only (its proto module and herald's cannot share a process; see
+tests/pyspiffe_runner.py). Raw checks use herald's own stub in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from herald_agent.attestors.unix import UnixAttestor
+from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
+from herald_agent.server_client import ServerClient, attest_join_token
+from herald_agent.svid_manager import SvidManager
+from herald_agent.workload_api import (
+    AUDIENCE_REQUIRED,
+    HEADER_MISSING,
+    NO_IDENTITY,
+    SVID_REQUIRED,
+    WIT_UNIMPLEMENTED,
+    WorkloadApiService,
+)
+from herald_core.entry import Entry
+from herald_core.proto.herald.admin.v1 import admin_pb2
+from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
+from herald_core.spiffeid import SpiffeId
+from herald_core.x509svid import parse_der_chain, verify_chain
+from herald_server.server import HeraldServer
+from tests.pyspiffe_runner import run_pyspiffe
+from tests.server_harness import (
+    SERVER_NAME,
+    TRUST_DOMAIN,
+    admin_stub,
+    create_entry,
+    join_token,
+    start_server,
+    utcnow,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+NOBODY = 65534
+SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+MY_UID = f"unix:uid:{os.getuid()}"
+HEADER = (("workload.spiffe.io", "true"),)
+
+
+@dataclass
+class Agent:
+    server: HeraldServer
+    manager: SvidManager
+    endpoint: WorkloadEndpoint
+    service: WorkloadApiService
+
+    @property
+    def agent_id(self) -> SpiffeId:
+        return self.manager.client.svid.spiffe_id
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {ENV_SOCKET: endpoint_uri(self.endpoint.public_socket)}
+
+    @property
+    def target(self) -> str:
+        return f"unix:{self.endpoint.public_socket}"
+
+    async def entry(self, path: str, selector: str = MY_UID, **fields: Any) -> Entry:
+        """Create an entry and wait until the manager holds its SVID."""
+        entry = await create_entry(
+            self.server, path, self.agent_id, selectors=(selector,), **fields
+        )
+        await wait_for(lambda: self.manager.svid(entry.id) is not None)
+        return entry
+
+    async def delete(self, entry_id: str) -> None:
+        channel, admin = admin_stub(self.server)
+        async with channel:
+            await admin.DeleteEntry(admin_pb2.DeleteEntryRequest(id=entry_id))
+
+    async def pyspiffe(self, script: str, *args: str) -> dict[str, Any]:
+        # run_pyspiffe blocks; this event loop must keep serving the agent meanwhile.
+        return await asyncio.to_thread(run_pyspiffe, script, *args, env=self.env)
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # pytest's tmp_path is 0700 for root; a client of another uid must be able to reach the socket.
+    with tempfile.TemporaryDirectory(prefix="herald-wlapi-test-") as name:
+        Path(name).chmod(0o755)
+        yield Path(name)
+
+
+@pytest.fixture
+async def agent(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Agent]:
+    server = await start_server(tmp_path)
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        await join_token(server),
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
+    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    callers = CallerRegistry()
+    service = WorkloadApiService(manager, callers, [UnixAttestor()])
+    endpoint = WorkloadEndpoint(
+        socket_dir / "public" / "agent.sock", service.register, callers=callers
+    )
+    await manager.start()
+    await wait_for(lambda: manager.ready)
+    await endpoint.start()
+    try:
+        yield Agent(server, manager, endpoint, service)
+    finally:
+        await endpoint.stop(grace=None)
+        await manager.stop()
+        await client.close()
+        await server.stop()
+
+
+def stub(channel: grpc.aio.Channel) -> Any:
+    return workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+
+
+async def _drain(call: Any) -> None:
+    if hasattr(call, "__aiter__"):
+        async for _ in call:
+            pass
+    else:
+        await call
+
+
+async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error a unary call (a coroutine) or a stream (its first message) ends with."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _drain(call)
+    return raised.value
+
+
+X509_SCRIPT = """
+import json
+from spiffe import WorkloadApiClient, TrustDomain
+from cryptography.hazmat.primitives.serialization import Encoding
+with WorkloadApiClient(default_timeout=10) as client:
+    svid = client.fetch_x509_svid()
+    ctx = client.fetch_x509_context()
+    bundles = client.fetch_x509_bundles()
+    td = TrustDomain("example.org")
+    print(json.dumps({
+        "spiffe_id": str(svid.spiffe_id),
+        "chain": [c.public_bytes(Encoding.DER).hex() for c in svid.cert_chain],
+        "context_ids": [str(s.spiffe_id) for s in ctx.x509_svids],
+        "context_default": str(ctx.default_svid.spiffe_id),
+        "context_roots": len(ctx.x509_bundle_set.get_bundle_for_trust_domain(td).x509_authorities),
+        "bundle_tds": sorted(str(b.trust_domain) for b in bundles._bundles.values()),
+        "bundle_roots": len(bundles.get_bundle_for_trust_domain(td).x509_authorities),
+    }))
+"""
+
+
+async def test_pyspiffe_fetches_x509_svids_context_and_bundles(agent: Agent) -> None:
+    await agent.entry("/web", hint="web")
+    await agent.entry("/api")
+    await agent.entry("/other", selector="unix:uid:4242")
+    result = await agent.pyspiffe(X509_SCRIPT)
+    web = f"spiffe://{TRUST_DOMAIN}/web"
+    api = f"spiffe://{TRUST_DOMAIN}/api"
+    # Sorted by entry ID: "api" < "web", so the default SVID is /api.
+    assert result["spiffe_id"] == api
+    assert result["context_ids"] == [api, web]
+    assert result["context_default"] == api
+    chain = [c for der in result["chain"] for c in parse_der_chain(bytes.fromhex(der))]
+    assert agent.manager.bundle is not None
+    roots = agent.manager.bundle.x509_authorities
+    assert verify_chain(chain, roots, now=utcnow()) == SpiffeId.parse(api)
+    assert result["context_roots"] == len(roots) == result["bundle_roots"]
+    assert result["bundle_tds"] == [TRUST_DOMAIN]
+
+
+JWT_SCRIPT = """
+import json
+from spiffe import WorkloadApiClient, JwtSvid, TrustDomain
+with WorkloadApiClient(default_timeout=10) as client:
+    jwt = client.fetch_jwt_svid(audience={"a", "b"})
+    again = client.fetch_jwt_svid(audience={"b", "a"})
+    bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(TrustDomain("example.org"))
+    local = JwtSvid.parse_and_validate(jwt.token, bundle, {"a", "b"})
+    remote = client.validate_jwt_svid(jwt.token, "a")
+    print(json.dumps({
+        "spiffe_id": str(jwt.spiffe_id),
+        "audience": sorted(jwt.audience),
+        "cached": again.token == jwt.token,
+        "local": str(local.spiffe_id),
+        "remote": str(remote.spiffe_id),
+    }))
+"""
+
+
+async def test_pyspiffe_jwt_svid_bundles_and_validation(agent: Agent) -> None:
+    await agent.entry("/web")
+    result = await agent.pyspiffe(JWT_SCRIPT)
+    web = f"spiffe://{TRUST_DOMAIN}/web"
+    assert result == {
+        "spiffe_id": web,
+        "audience": ["a", "b"],
+        "cached": True,
+        "local": web,
+        "remote": web,
+    }
+
+
+async def test_validate_returns_the_spiffe_id_and_claims(agent: Agent) -> None:
+    await agent.entry("/web")
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        fetched = await api.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["x"]), metadata=HEADER, timeout=10
+        )
+        (svid,) = fetched.svids
+        checked = await api.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="x", svid=svid.svid),
+            metadata=HEADER,
+            timeout=10,
+        )
+    assert checked.spiffe_id == svid.spiffe_id == f"spiffe://{TRUST_DOMAIN}/web"
+    claims = json_format.MessageToDict(checked.claims)
+    assert claims["sub"] == checked.spiffe_id
+    assert claims["aud"] == ["x"]
+    assert isinstance(claims["exp"], float)
+
+
+async def test_the_security_header_is_checked_before_anything_else(agent: Agent) -> None:
+    # No entry at all: a missing header must still be INVALID_ARGUMENT, not PERMISSION_DENIED.
+    bad_headers: list[tuple[tuple[str, str], ...]] = [
+        (),
+        (("workload.spiffe.io", "True"),),
+        (("workload.spiffe.io", "true"), ("workload.spiffe.io", "true")),
+    ]
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        for metadata in bad_headers:
+            calls = [
+                api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=metadata, timeout=10),
+                api.FetchX509Bundles(
+                    workload_pb2.X509BundlesRequest(), metadata=metadata, timeout=10
+                ),
+                api.FetchJWTBundles(
+                    workload_pb2.JWTBundlesRequest(), metadata=metadata, timeout=10
+                ),
+                api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=metadata, timeout=10),
+                api.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(), metadata=metadata, timeout=10
+                ),
+                api.FetchWITSVID(workload_pb2.WITSVIDRequest(), metadata=metadata, timeout=10),
+            ]
+            for call in calls:
+                error = await rpc_error(call)
+                assert (error.code(), error.details()) == (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    HEADER_MISSING,
+                ), metadata
+
+
+MISSING_HEADER_SCRIPT = """
+import grpc, json, sys
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    api = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+    try:
+        next(api.FetchX509SVID(workload_pb2.X509SVIDRequest(), timeout=10))
+    except grpc.RpcError as exc:
+        print(json.dumps({"code": exc.code().name, "details": exc.details()}))
+"""
+
+
+async def test_a_raw_client_without_the_header_gets_invalid_argument(agent: Agent) -> None:
+    await agent.entry("/web")
+    result = await agent.pyspiffe(MISSING_HEADER_SCRIPT, agent.target)
+    assert result == {"code": "INVALID_ARGUMENT", "details": HEADER_MISSING}
+
+
+async def test_no_entry_is_permission_denied_on_every_identity_rpc(agent: Agent) -> None:
+    await agent.entry("/other", selector="unix:uid:4242")
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        calls = [
+            api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10),
+            api.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=10),
+            api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=10),
+            api.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
+            ),
+        ]
+        for call in calls:
+            error = await rpc_error(call)
+            assert (error.code(), error.details()) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                NO_IDENTITY,
+            )
+
+
+async def test_bad_jwt_inputs_are_invalid_argument(agent: Agent) -> None:
+    await agent.entry("/web")
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+
+        async def fetch(**fields: Any) -> grpc.aio.AioRpcError:
+            return await rpc_error(
+                api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(**fields), metadata=HEADER, timeout=10)
+            )
+
+        async def validate(**fields: Any) -> grpc.aio.AioRpcError:
+            request = workload_pb2.ValidateJWTSVIDRequest(**fields)
+            return await rpc_error(api.ValidateJWTSVID(request, metadata=HEADER, timeout=10))
+
+        for error in [await fetch(), await fetch(audience=["", " "])]:
+            assert (error.code(), error.details()) == (invalid, AUDIENCE_REQUIRED)
+        error = await fetch(audience=["a"], spiffe_id="not a spiffe id")
+        assert error.code() == invalid
+        assert (error.details() or "").startswith("invalid requested SPIFFE ID: ")
+        error = await fetch(audience=["a"], spiffe_id=f"spiffe://{TRUST_DOMAIN}/not-mine")
+        assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+
+        error = await validate(svid="x.y.z")
+        assert (error.code(), error.details()) == (invalid, AUDIENCE_REQUIRED)
+        error = await validate(audience="a")
+        assert (error.code(), error.details()) == (invalid, SVID_REQUIRED)
+        for garbage in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "x" * 10_000]:
+            error = await validate(audience="a", svid=garbage)
+            assert error.code() == invalid, garbage
+            assert error.details(), garbage
+        # A good token for another audience is refused with the validator's reason.
+        (svid,) = (
+            await api.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
+            )
+        ).svids
+        error = await validate(audience="b", svid=svid.svid)
+        assert error.code() == invalid
+        assert "audience 'b' not in token audiences" in (error.details() or "")
+
+
+async def test_validate_does_not_need_an_identity(agent: Agent) -> None:
+    web = await agent.entry("/web")
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        (svid,) = (
+            await api.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
+            )
+        ).svids
+        await agent.delete(web.id)
+        await wait_for(lambda: agent.manager.entry_count == 0)
+        checked = await api.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="a", svid=svid.svid),
+            metadata=HEADER,
+            timeout=10,
+        )
+    assert checked.spiffe_id == f"spiffe://{TRUST_DOMAIN}/web"
+
+
+async def test_wit_rpcs_are_unimplemented(agent: Agent) -> None:
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        for call in [
+            api.FetchWITSVID(workload_pb2.WITSVIDRequest(), metadata=HEADER, timeout=10),
+            api.FetchWITBundles(workload_pb2.WITBundlesRequest(), metadata=HEADER, timeout=10),
+        ]:
+            error = await rpc_error(call)
+            assert (error.code(), error.details()) == (
+                grpc.StatusCode.UNIMPLEMENTED,
+                WIT_UNIMPLEMENTED,
+            )
+
+
+async def test_x509_stream_follows_entries_and_ends_when_the_last_goes(agent: Agent) -> None:
+    web = await agent.entry("/web")
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        stream = stub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30
+        )
+        first = await asyncio.wait_for(stream.read(), 5)
+        assert [s.spiffe_id for s in first.svids] == [f"spiffe://{TRUST_DOMAIN}/web"]
+        assert first.svids[0].bundle == agent.manager.bundle.x509_der()  # type: ignore[union-attr]
+
+        api = await agent.entry("/api")
+        second = await asyncio.wait_for(stream.read(), 5)
+        assert [s.spiffe_id for s in second.svids] == [
+            f"spiffe://{TRUST_DOMAIN}/api",
+            f"spiffe://{TRUST_DOMAIN}/web",
+        ]
+        await agent.delete(api.id)
+        third = await asyncio.wait_for(stream.read(), 5)
+        assert [s.spiffe_id for s in third.svids] == [f"spiffe://{TRUST_DOMAIN}/web"]
+
+        await agent.delete(web.id)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(_read_until_error(stream), 5)
+        assert (ended.value.code(), ended.value.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            NO_IDENTITY,
+        )
+
+
+async def _read_until_error(stream: Any) -> None:
+    while True:
+        message = await stream.read()
+        assert message is not grpc.aio.EOF, "the stream must end with an error, not OK"
+        assert message.svids, "never an empty svids list"
+
+
+async def test_bundle_streams_send_once_and_cancelled_streams_unsubscribe(agent: Agent) -> None:
+    await agent.entry("/web")
+    subscribers_before = len(agent.manager._subscribers)
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        x509 = api.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER)
+        jwt = api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER)
+        first_x509 = await asyncio.wait_for(x509.read(), 5)
+        first_jwt = await asyncio.wait_for(jwt.read(), 5)
+        key = f"spiffe://{TRUST_DOMAIN}"
+        assert list(first_x509.bundles) == [key]
+        assert list(first_jwt.bundles) == [key]
+        assert json.loads(first_jwt.bundles[key])["keys"], "the JWT keys"
+        assert len(agent.manager._subscribers) == subscribers_before + 2
+        # An entry change that leaves the bundles as they were sends nothing new.
+        await agent.entry("/api")
+        for stream in (x509, jwt):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stream.read()), 0.5)
+        x509.cancel()
+        jwt.cancel()
+    await wait_for(lambda: len(agent.manager._subscribers) == subscribers_before)
+
+
+NOBODY_SCRIPT = """
+import json, sys
+from spiffe import WorkloadApiClient, X509Source
+from spiffe.workloadapi.errors import FetchX509SvidError
+with WorkloadApiClient(default_timeout=10) as client:
+    try:
+        client.fetch_x509_svid()
+        denied = None
+    except FetchX509SvidError as exc:
+        denied = str(exc)
+print("DENIED " + json.dumps(denied), flush=True)
+with X509Source(timeout_in_seconds=40) as source:
+    svid = source.get_x509_context().default_svid
+    print(json.dumps({"denied": denied, "spiffe_id": str(svid.spiffe_id)}))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="running a workload as uid 65534 needs root and setpriv",
+)
+async def test_an_unregistered_uid_is_denied_then_served_once_registered(agent: Agent) -> None:
+    await agent.entry("/web")
+    probe = await asyncio.create_subprocess_exec(
+        *SETPRIV_NOBODY,
+        sys.executable,
+        "-c",
+        "import spiffe",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, probe_err = await asyncio.wait_for(probe.communicate(), 30)
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot run this interpreter with py-spiffe: {probe_err!r}")
+    child = await asyncio.create_subprocess_exec(
+        *SETPRIV_NOBODY,
+        sys.executable,
+        "-c",
+        NOBODY_SCRIPT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **agent.env},
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert line.startswith(b"DENIED "), line
+        denied = json.loads(line.removeprefix(b"DENIED "))
+        assert denied is not None and "no identity issued (StatusCode.PERMISSION_DENIED)" in denied
+        # Registered while the workload waits, without restarting the agent or the workload.
+        await agent.entry("/nobody", selector=f"unix:uid:{NOBODY}")
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0, err.decode()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/nobody"
+
+
+ROTATION_SCRIPT = """
+import json, threading, time
+from spiffe import X509Source
+seen = []
+rotated = threading.Event()
+with X509Source(timeout_in_seconds=10) as source:
+    first = source.get_x509_context().default_svid
+    def on_update():
+        serial = source.get_x509_context().default_svid.leaf.serial_number
+        seen.append(serial)
+        if serial != first.leaf.serial_number:
+            rotated.set()
+    source.subscribe_for_updates(on_update)
+    started = time.monotonic()
+    ok = rotated.wait(15)
+    print(json.dumps({
+        "rotated": ok,
+        "after": time.monotonic() - started,
+        "first_serial": first.leaf.serial_number,
+        "serials": seen,
+        "spiffe_id": str(first.spiffe_id),
+    }))
+"""
+
+
+async def test_x509_source_sees_a_rotation_with_a_5s_ttl(agent: Agent) -> None:
+    await agent.entry("/short", x509_svid_ttl=5)
+    result = await agent.pyspiffe(ROTATION_SCRIPT)
+    assert result["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/short"
+    assert result["rotated"], result
+    assert result["after"] < 6.0, result
+    assert result["first_serial"] not in result["serials"][-1:], result
