@@ -8,9 +8,11 @@ tests/pyspiffe_runner.py). Raw checks use herald's own stub in this process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from google.protobuf import json_format
 
 from herald_agent.attestors.unix import UnixAttestor
 from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
+from herald_agent.rotation import Backoff
 from herald_agent.server_client import ServerClient, attest_join_token
 from herald_agent.svid_manager import SvidManager
 from herald_agent.workload_api import (
@@ -475,23 +478,11 @@ with X509Source(timeout_in_seconds=40) as source:
 """
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="running a workload as uid 65534 needs root and setpriv",
-)
 async def test_an_unregistered_uid_is_denied_then_served_once_registered(agent: Agent) -> None:
+    reason = await _can_run_as_nobody()
+    if reason is not None:
+        pytest.skip(reason)
     await agent.entry("/web")
-    probe = await asyncio.create_subprocess_exec(
-        *SETPRIV_NOBODY,
-        sys.executable,
-        "-c",
-        "import spiffe",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, probe_err = await asyncio.wait_for(probe.communicate(), 30)
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run this interpreter with py-spiffe: {probe_err!r}")
     child = await asyncio.create_subprocess_exec(
         *SETPRIV_NOBODY,
         sys.executable,
@@ -551,3 +542,193 @@ async def test_x509_source_sees_a_rotation_with_a_5s_ttl(agent: Agent) -> None:
     assert result["rotated"], result
     assert result["after"] < 6.0, result
     assert result["first_serial"] not in result["serials"][-1:], result
+
+
+async def test_x509_stream_waits_for_a_pending_svid_instead_of_refusing(agent: Agent) -> None:
+    entry = await agent.entry("/web")
+    # Make the entry's SVID pending: forget it and hold its re-mint back for an hour.
+    manager = agent.manager
+    manager._held.pop(entry.id)
+    manager._retry[entry.id] = (Backoff(), utcnow() + dt.timedelta(hours=1))
+    assert manager.svid(entry.id) is None
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        stream = stub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30
+        )
+        first = asyncio.ensure_future(stream.read())
+        await asyncio.sleep(0.5)
+        assert not first.done(), "nothing is sent (not empty svids, no error) while pending"
+        manager._retry.pop(entry.id)
+        manager._wake.set()
+        message = await asyncio.wait_for(first, 5)
+        assert [s.spiffe_id for s in message.svids] == [f"spiffe://{TRUST_DOMAIN}/web"]
+        stream.cancel()
+
+
+DROPPED_STREAMS = 1000
+DROP_BATCH = 100
+
+
+async def test_clients_that_drop_open_streams_leave_nothing_behind(agent: Agent) -> None:
+    await agent.entry("/web")
+    baseline = len(agent.manager._subscribers)
+    relays = agent.endpoint.open_connections
+
+    async def open_and_drop() -> None:
+        channel = grpc.aio.insecure_channel(agent.target)
+        stream = stub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30
+        )
+        message = await stream.read()
+        assert message.svids
+        await channel.close(grace=None)
+
+    started = time.perf_counter()
+    for _ in range(DROPPED_STREAMS // DROP_BATCH):
+        await asyncio.gather(*(open_and_drop() for _ in range(DROP_BATCH)))
+    elapsed = time.perf_counter() - started
+    print(f"\n{DROPPED_STREAMS} streams opened and dropped in {elapsed:.2f} s")
+    await wait_for(lambda: len(agent.manager._subscribers) == baseline)
+    await wait_for(lambda: agent.endpoint.open_connections == relays)
+    # Still serving.
+    result = await agent.pyspiffe(X509_SCRIPT)
+    assert result["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/web"
+
+
+JWT_SOURCE_SCRIPT = """
+import json
+from spiffe import JwtSource, JwtSvid, TrustDomain
+with JwtSource(timeout_in_seconds=10) as source:
+    svid = source.fetch_svid(audience={"svc-b"})
+    bundle = source.get_bundle_for_trust_domain(TrustDomain("example.org"))
+    checked = JwtSvid.parse_and_validate(svid.token, bundle, {"svc-b"})
+    print(json.dumps({"spiffe_id": str(checked.spiffe_id), "aud": sorted(checked.audience)}))
+"""
+
+
+async def test_pyspiffe_jwt_source(agent: Agent) -> None:
+    await agent.entry("/web")
+    result = await agent.pyspiffe(JWT_SOURCE_SCRIPT)
+    assert result == {"spiffe_id": f"spiffe://{TRUST_DOMAIN}/web", "aud": ["svc-b"]}
+
+
+TLS_SERVER_SCRIPT = """
+import json, sys
+from spiffe import SpiffeId, X509Source
+from spiffetls import ListenOptions, listen
+from spiffetls.mode import ServerTlsMode
+from spiffetls.tlsconfig.authorize import authorize_id
+with X509Source(timeout_in_seconds=20) as source:
+    server = listen(
+        "127.0.0.1:" + sys.argv[1],
+        source,
+        ListenOptions(
+            tls_mode=ServerTlsMode.MTLS, authorize_fn=authorize_id(SpiffeId(sys.argv[2]))
+        ),
+    )
+    print("READY", flush=True)
+    conn, _ = server.accept()
+    data = conn.recv(1024)
+    conn.sendall(b"pong:" + data)
+    conn.shutdown()
+    conn.close()
+    server.close()
+    print(json.dumps({"got": data.decode()}))
+"""
+
+TLS_CLIENT_SCRIPT = """
+import json, sys
+from spiffe import SpiffeId, X509Source
+from spiffetls import dial
+from spiffetls.mode import ClientTlsMode
+from spiffetls.tlsconfig.authorize import authorize_id
+with X509Source(timeout_in_seconds=20) as source:
+    me = str(source.get_x509_context().default_svid.spiffe_id)
+    conn = dial(
+        "127.0.0.1:" + sys.argv[1],
+        source,
+        tls_mode=ClientTlsMode.TLS,
+        authorize_fn=authorize_id(SpiffeId(sys.argv[2])),
+    )
+    conn.sendall(b"ping")
+    reply = conn.recv(1024)
+    conn.close()
+    print(json.dumps({"me": me, "reply": reply.decode()}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _can_run_as_nobody() -> str | None:
+    """None when uid 65534 can run this interpreter with py-spiffe; else the reason."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return "running a workload as uid 65534 needs root and setpriv"
+    probe = await asyncio.create_subprocess_exec(
+        *SETPRIV_NOBODY,
+        sys.executable,
+        "-c",
+        "import spiffe, spiffetls",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(probe.communicate(), 30)
+    if probe.returncode != 0:
+        return f"uid {NOBODY} cannot run this interpreter with py-spiffe: {err!r}"
+    return None
+
+
+async def test_spiffe_tls_mtls_between_workloads_of_two_uids(agent: Agent) -> None:
+    reason = await _can_run_as_nobody()
+    if reason is not None:
+        pytest.skip(reason)
+    server_id = f"spiffe://{TRUST_DOMAIN}/tls-server"
+    client_id = f"spiffe://{TRUST_DOMAIN}/tls-client"
+    await agent.entry("/tls-server")
+    await agent.entry("/tls-client", selector=f"unix:uid:{NOBODY}")
+    port = str(free_port())
+    env = {**os.environ, **agent.env}
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        TLS_SERVER_SCRIPT,
+        port,
+        client_id,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    client: asyncio.subprocess.Process | None = None
+    try:
+        assert server.stdout is not None
+        ready = await asyncio.wait_for(server.stdout.readline(), 30)
+        assert ready.strip() == b"READY", ready
+        client = await asyncio.create_subprocess_exec(
+            *SETPRIV_NOBODY,
+            sys.executable,
+            "-c",
+            TLS_CLIENT_SCRIPT,
+            port,
+            server_id,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        client_out, client_err = await asyncio.wait_for(client.communicate(), 60)
+        server_out, server_err = await asyncio.wait_for(server.communicate(), 30)
+    finally:
+        for process in (server, client):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert client.returncode == 0, client_err.decode()
+    assert server.returncode == 0, server_err.decode()
+    assert json.loads(client_out.decode().splitlines()[-1]) == {
+        "me": client_id,
+        "reply": "pong:ping",
+    }
+    assert json.loads(server_out.decode().splitlines()[-1]) == {"got": "ping"}
