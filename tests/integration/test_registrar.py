@@ -1,0 +1,541 @@
+"""The registrar, run by Kopf against the API emulator: pods and identities become entries."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import kopf
+import pytest
+
+from herald_operator.kubeapi import KubeApi
+from herald_operator.metrics import RegistrarMetrics
+from herald_operator.registrar import Registrar, RegistrarConfig, build_registry
+from tests.kube_emulator import KubeCluster
+
+HERALD = "herald.dev/v1alpha1"
+WRITE_VERBS = ("create", "patch", "delete")
+TD = "example.org"
+_T = TypeVar("_T")
+DEFAULT_TEMPLATE = (
+    "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
+)
+
+
+class Operator:
+    """Kopf running the registrar in its own thread and event loop."""
+
+    def __init__(self, kube: KubeCluster, config: RegistrarConfig) -> None:
+        self.kube = kube
+        self.metrics = RegistrarMetrics()
+        self.registrar = Registrar(config, KubeApi(kube.api_client()), self.metrics)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
+
+    def _run(self) -> None:
+        url = self.kube.url
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True)
+
+        registry = build_registry(self.registrar, login=login)
+        settings = kopf.OperatorSettings()
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 60
+        try:
+            self.loop.run_until_complete(
+                kopf.operator(
+                    registry=registry,
+                    settings=settings,
+                    standalone=True,
+                    clusterwide=True,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
+        except BaseException as exc:
+            self._failure = exc
+        finally:
+            self.loop.close()
+
+    def start(self) -> Operator:
+        self._thread.start()
+        wait_for(lambda: self.registrar.synced or self._failure is not None, what="operator sync")
+        assert self._failure is None, self._failure
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "Kopf did not stop"
+
+    def resync(self) -> None:
+        """Run one resync in Kopf's loop, as the timer would."""
+        asyncio.run_coroutine_threadsafe(self.registrar.resync(), self.loop).result(10)
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self.registrar.readiness()[0]
+
+
+def wait_for(check: Callable[[], _T], *, what: str, timeout: float = 10.0) -> _T:
+    """Poll ``check`` until it returns something truthy (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def settle(check: Callable[[], bool], *, seconds: float = 0.5) -> None:
+    """Assert ``check`` holds for ``seconds`` (nothing changes behind our back)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check()
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster(kube: KubeCluster) -> KubeCluster:
+    for name, labels in (("web", {"team": "shop"}), ("other", {}), ("kube-system", {})):
+        kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels},
+            }
+        )
+    for name in ("node-1", "node-2"):
+        kube.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    return kube
+
+
+@pytest.fixture
+def make_operator(cluster: KubeCluster) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def make(**overrides: Any) -> Operator:
+        config = RegistrarConfig(
+            trust_domain=TD, cluster_name="test", resync_seconds=0, **overrides
+        )
+        operator = Operator(cluster, config).start()
+        started.append(operator)
+        return operator
+
+    yield make
+    for operator in started:
+        operator.stop()
+
+
+def pod(
+    name: str,
+    namespace: str = "web",
+    *,
+    labels: dict[str, str] | None = None,
+    node: str = "node-1",
+    sa: str = "default",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "spec": {
+            "nodeName": node or None,
+            "serviceAccountName": sa,
+            "containers": [{"name": "app", "image": "app:1"}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def cluster_identity(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("spiffeIDTemplate", DEFAULT_TEMPLATE)
+    return {
+        "apiVersion": HERALD,
+        "kind": "ClusterSPIFFEID",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def tenant_identity(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": HERALD,
+        "kind": "SPIFFEID",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def entries(kube: KubeCluster, namespace: str | None = None) -> list[dict[str, Any]]:
+    return kube.list(HERALD, "WorkloadEntry", namespace)
+
+
+def entries_of(kube: KubeCluster, pod_name: str) -> list[dict[str, Any]]:
+    return [e for e in entries(kube) if e["metadata"]["labels"]["herald.dev/pod"] == pod_name]
+
+
+def ids_of(kube: KubeCluster, pod_name: str) -> set[str]:
+    return {e["spec"]["spiffeID"] for e in entries_of(kube, pod_name)}
+
+
+def ready(kube: KubeCluster, kind: str, name: str, namespace: str | None = None) -> Any:
+    obj = kube.get(HERALD, kind, name, namespace)
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return conditions[0] if conditions else None
+
+
+def events_for(kube: KubeCluster, name: str) -> list[dict[str, Any]]:
+    return [e for e in kube.list("v1", "Event") if e["involvedObject"]["name"] == name]
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def test_pod_gets_its_entry_and_loses_it(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(
+        cluster_identity(
+            "web",
+            podSelector={"matchLabels": {"app": "web"}},
+            workloadSelectorTemplates=["k8s:ns:{{ .PodMeta.Namespace }}"],
+        )
+    )
+    make_operator()
+    created = cluster.create(pod("web-1", labels={"app": "web"}))
+    uid = created["metadata"]["uid"]
+
+    [entry] = wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
+    assert entry["metadata"]["namespace"] == "web"
+    assert entry["spec"]["spiffeID"] == f"spiffe://{TD}/ns/web/sa/default"
+    assert sorted(entry["spec"]["selectors"]) == sorted([f"k8s:pod-uid:{uid}", "k8s:ns:web"])
+    assert entry["spec"]["nodeName"] == "node-1"
+    [owner] = entry["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "web-1", uid)
+    labels = entry["metadata"]["labels"]
+    assert labels["herald.dev/node"] == "node-1"
+    assert labels["herald.dev/source-name"] == "web"
+
+    # Relabelled out of the selector: the entry goes.
+    cluster.patch("v1", "Pod", "web-1", {"metadata": {"labels": {"app": "db"}}}, "web")
+    wait_for(lambda: not entries_of(cluster, "web-1"), what="the entry to go")
+    # Back in, then deleted.
+    cluster.patch("v1", "Pod", "web-1", {"metadata": {"labels": {"app": "web"}}}, "web")
+    wait_for(lambda: entries_of(cluster, "web-1"), what="the entry to come back")
+    cluster.delete("v1", "Pod", "web-1", "web")
+    wait_for(lambda: not entries_of(cluster, "web-1"), what="the entry of a deleted pod to go")
+
+
+def test_pods_without_entries(cluster: KubeCluster, make_operator: Callable[..., Operator]) -> None:
+    cluster.create(cluster_identity("all"))
+    operator = make_operator()
+    cluster.create(pod("unscheduled", node=""))
+    cluster.create(pod("system", "kube-system"))
+    done = pod("done")
+    done["status"]["phase"] = "Succeeded"
+    cluster.create(done)
+    cluster.create(pod("marker"))
+    wait_for(lambda: entries_of(cluster, "marker"), what="the marker pod's entry")
+    settle(
+        lambda: {e["metadata"]["labels"]["herald.dev/pod"] for e in entries(cluster)} == {"marker"}
+    )
+    # Scheduling the pod gives it its entry; finishing takes it away.
+    cluster.patch("v1", "Pod", "unscheduled", {"spec": {"nodeName": "node-2"}}, "web")
+    [entry] = wait_for(lambda: entries_of(cluster, "unscheduled"), what="scheduled pod's entry")
+    assert entry["spec"]["nodeName"] == "node-2"
+    cluster.patch("v1", "Pod", "marker", {"status": {"phase": "Failed"}}, "web")
+    wait_for(lambda: not entries_of(cluster, "marker"), what="finished pod's entry to go")
+    assert operator.healthy
+
+
+def test_identity_edit_changes_only_affected_entries(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("api", podSelector={"matchLabels": {"app": "api"}}))
+    cluster.create(cluster_identity("db", podSelector={"matchLabels": {"app": "db"}}))
+    operator = make_operator()
+    cluster.create(pod("api-1", labels={"app": "api"}))
+    cluster.create(pod("db-1", labels={"app": "db"}))
+    wait_for(lambda: entries_of(cluster, "api-1") and entries_of(cluster, "db-1"), what="entries")
+    [db_before] = entries_of(cluster, "db-1")
+
+    cluster.patch(
+        HERALD,
+        "ClusterSPIFFEID",
+        "api",
+        {"spec": {"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/api/{{ .PodMeta.Name }}"}},
+    )
+    wait_for(lambda: ids_of(cluster, "api-1") == {f"spiffe://{TD}/api/api-1"}, what="new ID")
+    [db_after] = entries_of(cluster, "db-1")
+    assert db_after["metadata"]["resourceVersion"] == db_before["metadata"]["resourceVersion"]
+
+    # Narrowing a selector drops exactly the pods it no longer covers.
+    cluster.patch(
+        HERALD, "ClusterSPIFFEID", "db", {"spec": {"podSelector": {"matchLabels": {"app": "x"}}}}
+    )
+    wait_for(lambda: not entries_of(cluster, "db-1"), what="db entry to go")
+    assert ids_of(cluster, "api-1") == {f"spiffe://{TD}/api/api-1"}
+
+    # Deleting an identity removes its entries.
+    cluster.delete(HERALD, "ClusterSPIFFEID", "api")
+    wait_for(lambda: not entries(cluster), what="every entry to go")
+    status = cluster.get(HERALD, "ClusterSPIFFEID", "db")["status"]
+    assert status["podsSelected"] == 0
+    assert operator.healthy
+
+
+def test_namespace_selector_follows_namespace_labels(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("shop", namespaceSelector={"matchLabels": {"team": "shop"}}))
+    make_operator()
+    cluster.create(pod("a", "web"))
+    cluster.create(pod("b", "other"))
+    wait_for(lambda: entries_of(cluster, "a"), what="entry in the selected namespace")
+    assert not entries_of(cluster, "b")
+    cluster.patch("v1", "Namespace", "other", {"metadata": {"labels": {"team": "shop"}}})
+    wait_for(lambda: entries_of(cluster, "b"), what="entry once the namespace is labelled")
+    cluster.patch("v1", "Namespace", "web", {"metadata": {"labels": {"team": None}}})
+    wait_for(lambda: not entries_of(cluster, "a"), what="entry to go with the label")
+
+
+def test_status_counts_and_ready(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("web", podSelector={"matchLabels": {"app": "web"}}))
+    make_operator()
+    for index in range(3):
+        cluster.create(pod(f"web-{index}", labels={"app": "web"}))
+
+    def counted() -> Any:
+        status = (cluster.get(HERALD, "ClusterSPIFFEID", "web") or {}).get("status") or {}
+        return status if status.get("entriesCreated") == 3 else None
+
+    status = wait_for(counted, what="the status counters")
+    assert status["podsSelected"] == 3
+    assert status["renderFailures"] == 0
+    assert status["entriesMasked"] == 0
+    assert status["observedGeneration"] == 1
+    condition = status["conditions"][0]
+    assert (condition["type"], condition["status"]) == ("Ready", "True")
+    assert condition["lastTransitionTime"]
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason", "fragment"),
+    [
+        (
+            cluster_identity("bad", spiffeIDTemplate="spiffe://{{ .TrustDomain }}/{{ .Nope }}"),
+            "InvalidSpec",
+            ".Nope",
+        ),
+        (
+            cluster_identity("bad", podSelector={"matchExpressions": [{"key": "a"}]}),
+            "InvalidSpec",
+            "podSelector",
+        ),
+        (cluster_identity("bad", surprise=True), "InvalidSpec", "surprise"),
+        (
+            cluster_identity("bad", spiffeIDTemplate="spiffe://elsewhere.org/{{ .PodMeta.Name }}"),
+            "RenderFailed",
+            "outside trust domain",
+        ),
+        (
+            tenant_identity(
+                "bad", "web", spiffeIDTemplate="spiffe://{{ .TrustDomain }}/ns/other/x"
+            ),
+            "OutsideNamespace",
+            "ns/web",
+        ),
+    ],
+    ids=["unknown-template-field", "malformed-selector", "unknown-field", "outside-td", "tenant"],
+)
+def test_bad_identity_is_refused_and_reported(
+    cluster: KubeCluster,
+    make_operator: Callable[..., Operator],
+    obj: dict[str, Any],
+    reason: str,
+    fragment: str,
+) -> None:
+    operator = make_operator()
+    cluster.create(pod("web-1"))
+    namespace = obj["metadata"].get("namespace")
+    cluster.create(obj)
+    condition = wait_for(
+        lambda: ready(cluster, obj["kind"], "bad", namespace), what="the Ready condition"
+    )
+    assert (condition["status"], condition["reason"]) == ("False", reason)
+    assert fragment in condition["message"]
+    [event] = wait_for(lambda: events_for(cluster, "bad"), what="the event")
+    assert (event["type"], event["reason"]) == ("Warning", reason)
+    assert event["involvedObject"]["kind"] == obj["kind"]
+    assert not entries(cluster)
+    assert operator.healthy
+    # A valid identity still works.
+    cluster.create(cluster_identity("good"))
+    wait_for(lambda: entries_of(cluster, "web-1"), what="the valid identity's entry")
+    assert ready(cluster, obj["kind"], "bad", namespace)["status"] == "False"
+
+
+def test_fixing_an_identity_makes_it_ready(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    make_operator()
+    cluster.create(pod("web-1"))
+    cluster.create(cluster_identity("fix", spiffeIDTemplate="spiffe://{{ .TrustDomain }}/{{ .X }}"))
+    wait_for(lambda: ready(cluster, "ClusterSPIFFEID", "fix"), what="the condition")
+    cluster.patch(
+        HERALD, "ClusterSPIFFEID", "fix", {"spec": {"spiffeIDTemplate": "spiffe://example.org/x"}}
+    )
+    wait_for(
+        lambda: (ready(cluster, "ClusterSPIFFEID", "fix") or {}).get("status") == "True",
+        what="Ready=True",
+    )
+    assert ids_of(cluster, "web-1") == {f"spiffe://{TD}/x"}
+
+
+def test_masking_and_fallback(cluster: KubeCluster, make_operator: Callable[..., Operator]) -> None:
+    same = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/app"
+    cluster.create(cluster_identity("fallback", fallback=True))
+    cluster.create(
+        cluster_identity("first", spiffeIDTemplate=same, podSelector={"matchLabels": {"app": "a"}})
+    )
+    make_operator()
+    cluster.create(pod("plain"))
+    cluster.create(pod("app-1", labels={"app": "a"}))
+    wait_for(lambda: entries_of(cluster, "plain") and entries_of(cluster, "app-1"), what="entries")
+    assert ids_of(cluster, "plain") == {f"spiffe://{TD}/ns/web/sa/default"}  # the fallback
+    assert ids_of(cluster, "app-1") == {f"spiffe://{TD}/ns/web/app"}  # no fallback beside it
+
+    # A tenant declaring the same entry is masked by the ClusterSPIFFEID, and counted.
+    cluster.create(
+        tenant_identity(
+            "dup", "web", spiffeIDTemplate=same, podSelector={"matchLabels": {"app": "a"}}
+        )
+    )
+
+    def masked() -> Any:
+        status = (cluster.get(HERALD, "SPIFFEID", "dup", "web") or {}).get("status") or {}
+        return status if status.get("entriesMasked") == 1 else None
+
+    status = wait_for(masked, what="the masked counter")
+    assert status["entriesCreated"] == 0
+    [entry] = entries_of(cluster, "app-1")
+    assert entry["metadata"]["labels"]["herald.dev/source-kind"] == "ClusterSPIFFEID"
+
+    # The winner goes: the tenant's entry takes over.
+    cluster.delete(HERALD, "ClusterSPIFFEID", "first")
+    wait_for(
+        lambda: (
+            [
+                e["metadata"]["labels"]["herald.dev/source-kind"]
+                for e in entries_of(cluster, "app-1")
+            ]
+            == ["SPIFFEID"]
+        ),
+        what="the tenant's entry",
+    )
+
+
+def test_class_name_filtering(cluster: KubeCluster, make_operator: Callable[..., Operator]) -> None:
+    cluster.create(
+        cluster_identity("mine", className="blue", spiffeIDTemplate="spiffe://example.org/mine")
+    )
+    cluster.create(
+        cluster_identity(
+            "theirs", className="green", spiffeIDTemplate="spiffe://example.org/theirs"
+        )
+    )
+    cluster.create(cluster_identity("classless", spiffeIDTemplate="spiffe://example.org/none"))
+    make_operator(class_name="blue")
+    cluster.create(pod("web-1"))
+    wait_for(lambda: entries_of(cluster, "web-1"), what="entries")
+    settle(lambda: ids_of(cluster, "web-1") == {"spiffe://example.org/mine"})
+    assert cluster.get(HERALD, "ClusterSPIFFEID", "theirs").get("status") in (None, {})
+
+
+def test_dns_names_from_services(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("web", autoPopulateDNSNames=True))
+    make_operator()
+    cluster.create(pod("web-1", labels={"app": "web"}))
+    wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "front", "namespace": "web"},
+            "spec": {"selector": {"app": "web"}},
+        }
+    )
+
+    def names() -> Any:
+        [entry] = entries_of(cluster, "web-1")
+        return entry["spec"].get("dnsNames")
+
+    assert "front.web.svc.cluster.local" in wait_for(names, what="the DNS names")
+    cluster.delete("v1", "Service", "front", "web")
+    wait_for(lambda: not names(), what="the DNS names to go")
+
+
+def test_resync_repairs_drift(cluster: KubeCluster, make_operator: Callable[..., Operator]) -> None:
+    cluster.create(cluster_identity("web"))
+    operator = make_operator()
+    cluster.create(pod("web-1"))
+    [entry] = wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
+    name = entry["metadata"]["name"]
+    # Edited by hand: the watch event brings it back.
+    cluster.patch(
+        HERALD, "WorkloadEntry", name, {"spec": {"spiffeID": "spiffe://example.org/evil"}}, "web"
+    )
+    wait_for(
+        lambda: ids_of(cluster, "web-1") == {f"spiffe://{TD}/ns/web/sa/default"}, what="repair"
+    )
+    # Deleted by hand: put back.
+    cluster.delete(HERALD, "WorkloadEntry", name, "web")
+    wait_for(lambda: entries_of(cluster, "web-1"), what="the entry to be recreated")
+    # An entry of a pod nobody knows (the operator missed the deletion) goes.
+    stray = dict(entry, metadata={**entry["metadata"], "name": "stray", "resourceVersion": None})
+    stray["metadata"]["ownerReferences"] = [
+        dict(entry["metadata"]["ownerReferences"][0], uid="gone")
+    ]
+    cluster.create(stray)
+    wait_for(lambda: not cluster.get(HERALD, "WorkloadEntry", "stray", "web"), what="stray gone")
+    # A resync of a cluster in step writes nothing.
+    [entry] = entries_of(cluster, "web-1")
+    before = {verb: operator.metrics.writes.labels(verb)._value.get() for verb in WRITE_VERBS}
+    operator.resync()
+    after = {verb: operator.metrics.writes.labels(verb)._value.get() for verb in WRITE_VERBS}
+    assert before == after
+    assert entries_of(cluster, "web-1") == [entry]
+    assert operator.healthy
+
+
+def test_cold_start_keeps_existing_entries(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("web"))
+    cluster.create(pod("web-1"))
+    first = make_operator()
+    [entry] = wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
+    first.stop()
+    second = make_operator()
+    settle(
+        lambda: (
+            [e["metadata"]["resourceVersion"] for e in entries_of(cluster, "web-1")]
+            == [entry["metadata"]["resourceVersion"]]
+        )
+    )
+    for verb in WRITE_VERBS:
+        assert second.metrics.writes.labels(verb)._value.get() == 0
