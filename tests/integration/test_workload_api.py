@@ -70,6 +70,11 @@ class Agent:
     manager: SvidManager
     endpoint: WorkloadEndpoint
     service: WorkloadApiService
+    server_args: dict[str, Any]
+    tmp: Path
+
+    async def restart_server(self) -> None:
+        self.server = await start_server(self.tmp, **self.server_args)
 
     @property
     def agent_id(self) -> SpiffeId:
@@ -119,7 +124,12 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def agent(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Agent]:
-    server = await start_server(tmp_path)
+    # Fixed ports, so a restarted server is where the agent looks for it.
+    server_args = {
+        name: f"127.0.0.1:{free_port()}"
+        for name in ("attestation_address", "agent_address", "health_address")
+    }
+    server = await start_server(tmp_path, **server_args)
     attested = await attest_join_token(
         f"127.0.0.1:{server.attestation_port}",
         await join_token(server),
@@ -137,12 +147,13 @@ async def agent(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Agent]:
     await wait_for(lambda: manager.ready)
     await endpoint.start()
     try:
-        yield Agent(server, manager, endpoint, service)
+        agent = Agent(server, manager, endpoint, service, server_args, tmp_path)
+        yield agent
     finally:
         await endpoint.stop(grace=None)
         await manager.stop()
         await client.close()
-        await server.stop()
+        await agent.server.stop()
 
 
 def stub(channel: grpc.aio.Channel) -> Any:
@@ -732,3 +743,34 @@ async def test_spiffe_tls_mtls_between_workloads_of_two_uids(agent: Agent) -> No
         "reply": "pong:ping",
     }
     assert json.loads(server_out.decode().splitlines()[-1]) == {"got": "ping"}
+
+
+SERIAL_SCRIPT = """
+import json
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(default_timeout=10) as client:
+    svid = client.fetch_x509_svid()
+    print(json.dumps({"serial": str(svid.leaf.serial_number), "spiffe_id": str(svid.spiffe_id)}))
+"""
+
+
+async def test_workloads_keep_their_svids_while_the_server_is_away(agent: Agent) -> None:
+    entry = await agent.entry("/web", x509_svid_ttl=10)
+    before = await agent.pyspiffe(SERIAL_SCRIPT)
+    await agent.server.stop()
+    # Past the rotation time (half of 10 s, +10% at most): the manager cannot renew, but the
+    # SVID is still valid, so workloads keep getting it.
+    await asyncio.sleep(6)
+    during = await agent.pyspiffe(SERIAL_SCRIPT)
+    assert during == before
+    await agent.restart_server()
+    await wait_for(
+        lambda: (
+            (svid := agent.manager.svid(entry.id)) is not None
+            and str(svid.leaf.serial_number) != before["serial"]
+        ),
+        within=10,
+    )
+    after = await agent.pyspiffe(SERIAL_SCRIPT)
+    assert after["spiffe_id"] == before["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/web"
+    assert after["serial"] != before["serial"]
