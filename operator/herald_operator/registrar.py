@@ -148,6 +148,7 @@ class Registrar:
         self.api = api
         self.metrics = metrics if metrics is not None else RegistrarMetrics()
         self.synced = False
+        self.watching = False  # set by the first watch event: Kopf lets this replica act
         self.pods: dict[PodKey, Obj] = {}
         self.pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
         self.pods_by_node: dict[str, set[PodKey]] = defaultdict(set)
@@ -162,6 +163,7 @@ class Registrar:
         self._pod_outcomes: dict[PodKey, set[IdentityKey]] = defaultdict(set)
         self._pod_entries_uid: dict[PodKey, str] = {}
         self._pod_by_uid: dict[str, PodKey] = {}
+        self._reconciled_rv: dict[PodKey, int] = {}
         self._locks: dict[PodKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._dirty: set[IdentityKey] = set()
         self._status_task: asyncio.Task[None] | None = None
@@ -178,8 +180,12 @@ class Registrar:
         return True, ""
 
     async def start(self) -> None:
-        """List everything once and reconcile every pod; then resync periodically."""
-        await self.resync()
+        """List everything once into the indexes; then resync periodically.
+
+        Nothing is written here: Kopf runs startup handlers in every replica, but delivers watch
+        events only to the one peering lets act. Its initial listing then reconciles each pod.
+        """
+        await self.load()
         self.synced = True
         if self.config.resync_seconds > 0:
             self._resync_task = asyncio.create_task(self._resync_loop(), name="herald-resync")
@@ -195,6 +201,8 @@ class Registrar:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.resync_seconds)
+            if not self.watching:
+                continue  # a standby replica: Kopf's peering has paused its watches
             try:
                 await self.resync()
             except Exception:
@@ -204,6 +212,17 @@ class Registrar:
     async def resync(self) -> None:
         """Re-list every watched kind, replace the indexes, recompute every pod."""
         self.metrics.reconciles.labels("resync").inc()
+        orphans = await self.load()
+        await asyncio.gather(
+            *(self.reconcile_pod(key) for key in list(self.pods)),
+            *(self._reconcile_orphan(uid) for uid in orphans),
+        )
+        for key in list(self.identity_objects):
+            self._dirty.add(key)
+        self._schedule_status()
+
+    async def load(self) -> list[str]:
+        """Re-list every watched kind into the indexes; the UIDs of entries with no known pod."""
         kinds = ("Namespace", "Node", "Service", "ClusterSPIFFEID", "SPIFFEID", "Pod")
         listed = {kind: await asyncio.to_thread(self.api.list, kind) for kind in kinds}
         entries, _ = await asyncio.to_thread(self.api.list, "WorkloadEntry")
@@ -227,14 +246,7 @@ class Registrar:
             self._drop_pod(pod_key)
         for pod_key, pod in listed_pods.items():
             self._put_pod(pod_key, pod)
-        orphans = [uid for uid in self.entries if uid not in self._pod_by_uid]
-        await asyncio.gather(
-            *(self.reconcile_pod(key) for key in list(self.pods)),
-            *(self._reconcile_orphan(uid) for uid in orphans),
-        )
-        for key in list(self.identity_objects):
-            self._dirty.add(key)
-        self._schedule_status()
+        return [uid for uid in self.entries if uid not in self._pod_by_uid]
 
     # --- event intake (called by the Kopf handlers) ------------------------------------------
 
@@ -245,8 +257,10 @@ class Registrar:
             self._drop_pod(key)
         else:
             current = self.pods.get(key)
-            if current is not None and _rv(current) >= _rv(pod) and _rv(pod):
-                return
+            if current is not None and _rv(current) > _rv(pod):
+                return  # older than what a listing already gave
+            if _rv(pod) and self._reconciled_rv.get(key) == _rv(pod):
+                return  # already reconciled at this version
             self._put_pod(key, pod)
         deleted = pod if event_type == "DELETED" else None
         if self.synced and await self.reconcile_pod(key, deleted_pod=deleted):
@@ -305,6 +319,9 @@ class Registrar:
             ) == _meta(obj).get("generation")
             if unchanged:  # a status write (ours) or a metadata change: nothing to recompute
                 self.identity_objects[key] = obj
+                if self.synced and key not in self._written_status:
+                    self._dirty.add(key)  # first sight after a start: report on it
+                    self._schedule_status()
                 return
         before = set(self.outcomes.get(key, {}))
         if event_type == "DELETED":
@@ -332,6 +349,8 @@ class Registrar:
             self.entries[uid].pop(name_key, None)
         else:
             if current is not None and _rv(current) >= _rv(obj) and _rv(obj):
+                if self.synced and uid not in self._pod_by_uid:
+                    await self._reconcile_orphan(uid)  # listed at start, its pod gone since
                 return  # our own write, already known
             if (_meta(obj).get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGER:
                 return
@@ -477,6 +496,10 @@ class Registrar:
             watch_classless=self.config.watch_classless,
         )
         outcomes = self._outcomes(results, resolution.winners, resolution.masked)
+        if pod is not None:
+            self._reconciled_rv[key] = _rv(pod)
+        else:
+            self._reconciled_rv.pop(key, None)
         if uid:
             wrote |= await self._apply(resolution.winners, uid)
             self._pod_entries_uid[key] = uid
@@ -704,6 +727,7 @@ def build_registry(registrar: Registrar, *, login: LoginFn | None = None) -> kop
             obj = event.get("object")
             if not isinstance(obj, Mapping):
                 return
+            registrar.watching = True
             try:
                 await intake(event.get("type"), json.loads(json.dumps(obj)))
             except Exception:
