@@ -26,6 +26,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from herald_agent.attestors import AttestationError
 from herald_agent.attestors.unix import UnixAttestor
 from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
 from herald_agent.rotation import Backoff
@@ -39,11 +40,15 @@ from herald_agent.workload_api import (
     WIT_UNIMPLEMENTED,
     WorkloadApiService,
 )
+from herald_core.bundle import Bundle
 from herald_core.entry import Entry
+from herald_core.jwtsvid import mint_jwt_svid
+from herald_core.keys import PrivateKey, generate_key
 from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
-from herald_core.spiffeid import SpiffeId
-from herald_core.x509svid import parse_der_chain, verify_chain
+from herald_core.selector import Selector, parse_selectors
+from herald_core.spiffeid import SpiffeId, TrustDomain
+from herald_core.x509svid import make_ca_certificate, parse_der_chain, verify_chain
 from herald_server.server import HeraldServer
 from tests.pyspiffe_runner import run_pyspiffe
 from tests.server_harness import (
@@ -62,6 +67,7 @@ NOBODY = 65534
 SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 MY_UID = f"unix:uid:{os.getuid()}"
 HEADER = (("workload.spiffe.io", "true"),)
+HOUR = dt.timedelta(hours=1)
 
 
 @dataclass
@@ -774,3 +780,134 @@ async def test_workloads_keep_their_svids_while_the_server_is_away(agent: Agent)
     after = await agent.pyspiffe(SERIAL_SCRIPT)
     assert after["spiffe_id"] == before["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/web"
     assert after["serial"] != before["serial"]
+
+
+def foreign_bundle(name: str) -> tuple[Bundle, PrivateKey]:
+    """A bundle for another trust domain (X.509 root and one JWT key) and its JWT signing key."""
+    td = TrustDomain(name)
+    now = utcnow()
+    ca_key = generate_key()
+    root = make_ca_certificate(
+        ca_key, td, not_before=now - dt.timedelta(minutes=1), not_after=now + HOUR
+    )
+    jwt_key = generate_key()
+    return Bundle(td, (root,), {f"{name}-key": jwt_key.public_key()}), jwt_key
+
+
+async def test_federated_bundles_follow_the_entries_federates_with(agent: Agent) -> None:
+    other, other_jwt_key = foreign_bundle("other.org")
+    third, _ = foreign_bundle("third.org")
+    await agent.entry("/web", federates_with=(other.trust_domain,))
+    # Bundles the server would sync; only other.org is federated with by the caller's entry.
+    agent.manager._federated = {other.trust_domain: other, third.trust_domain: third}
+    own_key = f"spiffe://{TRUST_DOMAIN}"
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        x509 = api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10)
+        response = await asyncio.wait_for(x509.read(), 5)
+        assert dict(response.federated_bundles) == {"spiffe://other.org": other.x509_der()}
+        # A federated bundle change reaches the open stream.
+        renewed, _ = foreign_bundle("other.org")
+        agent.manager._federated = {other.trust_domain: renewed, third.trust_domain: third}
+        agent.manager._changed()
+        response = await asyncio.wait_for(x509.read(), 5)
+        assert dict(response.federated_bundles) == {"spiffe://other.org": renewed.x509_der()}
+        agent.manager._federated = {other.trust_domain: other, third.trust_domain: third}
+        agent.manager._changed()
+        response = await asyncio.wait_for(x509.read(), 5)
+        assert dict(response.federated_bundles) == {"spiffe://other.org": other.x509_der()}
+        x509.cancel()
+        bundles = api.FetchX509Bundles(
+            workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=10
+        )
+        x509_bundles = await asyncio.wait_for(bundles.read(), 5)
+        assert sorted(x509_bundles.bundles) == [own_key, "spiffe://other.org"]
+        bundles.cancel()
+        jwt_stream = api.FetchJWTBundles(
+            workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=10
+        )
+        jwt_bundles = await asyncio.wait_for(jwt_stream.read(), 5)
+        assert jwt_bundles.bundles["spiffe://other.org"] == other.to_workload_jwt_jwks()
+        assert sorted(jwt_bundles.bundles) == [own_key, "spiffe://other.org"]
+        jwt_stream.cancel()
+
+        # A token of the federated trust domain validates; its claims are cut to sub/aud/exp.
+        now = utcnow()
+        token = mint_jwt_svid(
+            key=other_jwt_key,
+            key_id="other.org-key",
+            spiffe_id=SpiffeId.parse("spiffe://other.org/peer"),
+            audiences=["a"],
+            issued_at=now,
+            expires_at=now + dt.timedelta(minutes=5),
+            extra_claims={"team": "x"},
+        )
+        checked = await api.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="a", svid=token),
+            metadata=HEADER,
+            timeout=10,
+        )
+        assert checked.spiffe_id == "spiffe://other.org/peer"
+        assert sorted(json_format.MessageToDict(checked.claims)) == ["aud", "exp", "sub"]
+    result = await agent.pyspiffe(FEDERATED_SCRIPT)
+    assert result == {"trust_domains": ["example.org", "other.org"]}
+
+
+FEDERATED_SCRIPT = """
+import json
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(default_timeout=10) as client:
+    ctx = client.fetch_x509_context()
+    tds = sorted(str(b.trust_domain) for b in ctx.x509_bundle_set._bundles.values())
+    print(json.dumps({"trust_domains": tds}))
+"""
+
+
+async def test_entries_sharing_a_hint_are_served_once(agent: Agent) -> None:
+    await agent.entry("/b-first", id="b-first", hint="shared")
+    await agent.entry("/a-second", id="a-second", hint="shared")
+    await agent.entry("/c-other", id="c-other", hint="other")
+    created = {
+        i.entry.id: i.entry.created_at
+        for i in agent.manager.identities_for(parse_selectors([MY_UID]))
+    }
+    kept = min(["a-second", "b-first"], key=lambda i: (created[i], i))
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        stream = api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10)
+        response = await asyncio.wait_for(stream.read(), 5)
+        stream.cancel()
+        jwt = await api.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
+        )
+    expected = [
+        (f"spiffe://{TRUST_DOMAIN}/{kept}", "shared"),
+        (f"spiffe://{TRUST_DOMAIN}/c-other", "other"),
+    ]
+    assert [(s.spiffe_id, s.hint) for s in response.svids] == expected
+    assert [(s.spiffe_id, s.hint) for s in jwt.svids] == expected
+
+
+class FailingAttestor:
+    name = "failing"
+
+    async def attest(self, pid: int) -> frozenset[Selector]:
+        raise AttestationError(f"cannot look at {pid}")
+
+
+async def test_an_attestation_failure_is_unavailable(agent: Agent) -> None:
+    await agent.entry("/web")
+    agent.service._attestors = (*agent.service._attestors, FailingAttestor())
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        for call in [
+            api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10),
+            api.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
+            ),
+        ]:
+            error = await rpc_error(call)
+            assert (error.code(), error.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "workload attestation failed",
+            )
