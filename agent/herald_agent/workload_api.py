@@ -178,6 +178,14 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                     error=str(exc),
                 )
                 await _abort(context, grpc.StatusCode.UNAVAILABLE, ATTESTATION_FAILED)
+            except Exception:
+                # An attestor bug must still give the client a retryable answer, not UNKNOWN.
+                _log.exception(
+                    "workload attestor failed unexpectedly: attestor=%s pid=%d",
+                    attestor.name,
+                    caller.process.pid,
+                )
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, ATTESTATION_FAILED)
         if not still_same(caller.process):
             await _abort(
                 context,

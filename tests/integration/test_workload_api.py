@@ -26,6 +26,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from herald_agent import workload_api
 from herald_agent.attestors import AttestationError
 from herald_agent.attestors.unix import UnixAttestor
 from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
@@ -891,13 +892,19 @@ async def test_entries_sharing_a_hint_are_served_once(agent: Agent) -> None:
 class FailingAttestor:
     name = "failing"
 
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
     async def attest(self, pid: int) -> frozenset[Selector]:
-        raise AttestationError(f"cannot look at {pid}")
+        raise self.error
 
 
-async def test_an_attestation_failure_is_unavailable(agent: Agent) -> None:
+@pytest.mark.parametrize(
+    "error", [AttestationError("cannot look at it"), OSError("an attestor bug")]
+)
+async def test_an_attestation_failure_is_unavailable(agent: Agent, error: Exception) -> None:
     await agent.entry("/web")
-    agent.service._attestors = (*agent.service._attestors, FailingAttestor())
+    agent.service._attestors = (*agent.service._attestors, FailingAttestor(error))
     async with grpc.aio.insecure_channel(agent.target) as channel:
         api = stub(channel)
         for call in [
@@ -905,9 +912,24 @@ async def test_an_attestation_failure_is_unavailable(agent: Agent) -> None:
             api.FetchJWTSVID(
                 workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10
             ),
+            api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=10),
         ]:
-            error = await rpc_error(call)
-            assert (error.code(), error.details()) == (
+            refused = await rpc_error(call)
+            assert (refused.code(), refused.details()) == (
                 grpc.StatusCode.UNAVAILABLE,
                 "workload attestation failed",
             )
+
+
+async def test_a_caller_that_is_no_longer_the_same_process_is_unauthenticated(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await agent.entry("/web")
+    # Stands in for a caller that exited, or whose pid was reused, during attestation.
+    monkeypatch.setattr(workload_api, "still_same", lambda process: False)
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        error = await rpc_error(
+            stub(channel).FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10)
+        )
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (error.details() or "").startswith("could not verify existence of the original caller")
