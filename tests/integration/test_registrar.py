@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
@@ -540,3 +548,94 @@ def test_cold_start_keeps_existing_entries(
     settle(lambda: entries_of(cluster, "web-1") == [entry])
     assert second.metrics.writes.labels("create")._value.get() == 0
     assert second.metrics.writes.labels("patch")._value.get() == 0
+
+
+# --- herald-operator run -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http://127.0.0.1
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_run_command_serves_health_metrics_and_entries(
+    cluster: KubeCluster, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emu", "cluster": {"server": cluster.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
+                "current-context": "emu",
+            }
+        )
+    )
+    config = tmp_path / "operator.yaml"
+    config.write_text(f"trust_domain: {TD}\ncluster_name: test\nignore_namespace: [other]\n")
+    port = _free_port()
+    cluster.create(cluster_identity("web"))
+    cluster.create(pod("web-1"))
+    cluster.create(pod("o-1", "other"))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"}
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "herald-operator"),
+            "run",
+            "--config",
+            str(config),
+            "--standalone",
+            "--health-address",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(f"{base}/ready")[0] == 200, what="/ready", timeout=20)
+        assert _get(f"{base}/live")[0] == 200
+        wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
+        settle(lambda: not entries_of(cluster, "o-1"))  # an ignored namespace
+        _, metrics = _get(f"{base}/metrics")
+        assert 'herald_operator_entries{identity="ClusterSPIFFEID/web"} 1.0' in metrics
+        assert "herald_operator_pod_event_to_entry_seconds_bucket" in metrics
+        assert 'herald_operator_reconciles_total{kind="pod"}' in metrics
+    except AssertionError as exc:
+        process.terminate()
+        output = process.communicate(timeout=20)[0].decode()
+        raise AssertionError(f"{exc}\n--- herald-operator output:\n{output[-5000:]}") from None
+    process.terminate()
+    output = process.communicate(timeout=20)[0].decode()
+    assert process.returncode == 0, output[-3000:]
+
+
+def test_run_command_checks_its_flags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from herald_operator.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--cluster-name", "c"])
+    assert result.exit_code == 2 and "--trust-domain" in result.output
+    result = runner.invoke(main, ["run", "--cluster-name", "c", "--trust-domain", "spiffe://a/b"])
+    assert result.exit_code == 2 and "--trust-domain" in result.output
+    config = tmp_path / "c.yaml"
+    config.write_text("trust_domain: a\nsurprise: 1\n")
+    result = runner.invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "surprise" in result.output
