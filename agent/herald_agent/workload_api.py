@@ -53,6 +53,8 @@ WIT_UNIMPLEMENTED: Final = "fetching WIT-SVIDs is not implemented"
 
 # Claims kept from a token of another trust domain (SPIRE, without allowed_foreign_jwt_claims).
 _FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
+# How many (hidden, kept) entry pairs are remembered as already warned about.
+_HIDDEN_LOG_MEMORY: Final = 10_000
 
 _log = logging.getLogger(__name__)
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -77,10 +79,14 @@ def bundle_key(trust_domain: TrustDomain) -> str:
     return str(trust_domain.id)
 
 
-def dedupe_hints(identities: Sequence[Identity]) -> list[Identity]:
+def dedupe_hints(
+    identities: Sequence[Identity],
+    on_hidden: Callable[[Identity, Identity], None] | None = None,
+) -> list[Identity]:
     """Keep one identity per non-empty hint: the oldest entry (created_at, then entry ID).
 
-    The order of what is kept is unchanged (SPIRE ``hintsfilter``); the dropped ones are logged.
+    The order of what is kept is unchanged (SPIRE ``hintsfilter``); ``on_hidden(hidden, kept)``
+    is told of each identity left out.
     """
     winners: dict[str, Identity] = {}
     for identity in identities:
@@ -94,14 +100,8 @@ def dedupe_hints(identities: Sequence[Identity]) -> list[Identity]:
     for identity in identities:
         hint = identity.entry.hint
         if hint and winners[hint] is not identity:
-            log_event(
-                _log,
-                "warning",
-                "entry hidden: another entry of this workload has the same hint",
-                entry_id=identity.entry.id,
-                kept_entry_id=winners[hint].entry.id,
-                hint=hint,
-            )
+            if on_hidden is not None:
+                on_hidden(identity, winners[hint])
             continue
         kept.append(identity)
     return kept
@@ -147,6 +147,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self._clock = clock
         self.health_registered = False
         self.reflection_registered = False
+        self._hidden_logged: set[tuple[str, str]] = set()
 
     def register(self, server: grpc.aio.Server) -> None:
         """The endpoint's handler registrar: this service, plus health and reflection when the
@@ -154,6 +155,26 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, server)
         self.health_registered = _register_health(server)
         self.reflection_registered = _register_reflection(server)
+
+    def _dedupe(self, identities: Sequence[Identity]) -> list[Identity]:
+        return dedupe_hints(identities, self._log_hidden)
+
+    def _log_hidden(self, hidden: Identity, kept: Identity) -> None:
+        """Warn once per pair, not on every call and stream wake-up."""
+        pair = (hidden.entry.id, kept.entry.id)
+        if pair in self._hidden_logged:
+            return
+        if len(self._hidden_logged) >= _HIDDEN_LOG_MEMORY:
+            self._hidden_logged.clear()
+        self._hidden_logged.add(pair)
+        log_event(
+            _log,
+            "warning",
+            "entry hidden: an older entry of this workload has the same hint",
+            entry_id=hidden.entry.id,
+            kept_entry_id=kept.entry.id,
+            hint=hidden.entry.hint,
+        )
 
     # Per-call checks
 
@@ -207,7 +228,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 matching = self._manager.identities_for(selectors)
                 if not matching:
                     await _abort(context, grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
-                served = [i for i in dedupe_hints(matching) if i.svid is not None]
+                served = [i for i in self._dedupe(matching) if i.svid is not None]
                 bundle = self._manager.bundle
                 if served and bundle is not None:
                     federated = _federated_for(served, self._manager.federated_bundles)
@@ -251,7 +272,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                     context, grpc.StatusCode.INVALID_ARGUMENT, f"{INVALID_SPIFFE_ID}: {exc}"
                 )
         selectors = await self._attest(context)
-        identities = dedupe_hints(self._manager.identities_for(selectors))
+        identities = self._dedupe(self._manager.identities_for(selectors))
         if wanted is not None:
             identities = [i for i in identities if i.entry.spiffe_id == wanted]
         if not identities:

@@ -933,3 +933,29 @@ async def test_a_caller_that_is_no_longer_the_same_process_is_unauthenticated(
         )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (error.details() or "").startswith("could not verify existence of the original caller")
+
+
+async def test_bundle_streams_end_when_the_caller_loses_its_last_entry(agent: Agent) -> None:
+    web = await agent.entry("/web")
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        api = stub(channel)
+        streams = [
+            api.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=30),
+            api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=30),
+        ]
+        for stream in streams:
+            assert (await asyncio.wait_for(stream.read(), 5)).bundles
+        await agent.delete(web.id)
+        for stream in streams:
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(_read_bundles_until_error(stream), 5)
+            assert (ended.value.code(), ended.value.details()) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                NO_IDENTITY,
+            )
+
+
+async def _read_bundles_until_error(stream: Any) -> None:
+    while True:
+        message = await stream.read()
+        assert message is not grpc.aio.EOF, "the stream must end with an error, not OK"
