@@ -57,6 +57,9 @@ _FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
 _HIDDEN_LOG_MEMORY: Final = 10_000
 
 _log = logging.getLogger(__name__)
+# Fire-and-forget tasks are held here so that the event loop's weak references are not the only
+# ones keeping them alive.
+_background: set[asyncio.Task[None]] = set()
 _Context = grpc.aio.ServicerContext[Any, Any]
 _M = TypeVar("_M", bound=protobuf_message.Message)
 
@@ -437,7 +440,9 @@ def _register_health(server: grpc.aio.Server) -> bool:
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     serving = health_pb2.HealthCheckResponse.SERVING
     # The service is registered before the server starts; the status is set when it runs.
-    asyncio.get_running_loop().create_task(_set_serving(servicer, serving))
+    task = asyncio.get_running_loop().create_task(_set_serving(servicer, serving))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
     return True
 
 

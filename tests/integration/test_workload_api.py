@@ -959,3 +959,49 @@ async def _read_bundles_until_error(stream: Any) -> None:
     while True:
         message = await stream.read()
         assert message is not grpc.aio.EOF, "the stream must end with an error, not OK"
+
+
+FANOUT_STREAMS = 1000
+FANOUT_CHANNELS = 10
+
+
+async def test_one_change_reaches_a_thousand_open_streams(agent: Agent) -> None:
+    other, _ = foreign_bundle("other.org")
+    await agent.entry("/web", federates_with=(other.trust_domain,))
+    channels = [grpc.aio.insecure_channel(agent.target) for _ in range(FANOUT_CHANNELS)]
+    first_seen = 0
+    all_open = asyncio.Event()
+    arrivals: list[float] = []
+
+    async def follow(channel: grpc.aio.Channel) -> None:
+        nonlocal first_seen
+        stream = stub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=60
+        )
+        first = await stream.read()
+        assert not first.federated_bundles
+        first_seen += 1
+        if first_seen == FANOUT_STREAMS:
+            all_open.set()
+        second = await stream.read()
+        arrivals.append(time.perf_counter())
+        assert second.federated_bundles["spiffe://other.org"] == other.x509_der()
+        stream.cancel()
+
+    try:
+        followers = [
+            asyncio.ensure_future(follow(channels[n % FANOUT_CHANNELS]))
+            for n in range(FANOUT_STREAMS)
+        ]
+        await asyncio.wait_for(all_open.wait(), 60)
+        started = time.perf_counter()
+        agent.manager._federated = {other.trust_domain: other}
+        agent.manager._changed()
+        await asyncio.wait_for(asyncio.gather(*followers), 60)
+    finally:
+        for channel in channels:
+            await channel.close(grace=None)
+    elapsed = max(arrivals) - started
+    print(f"\none change reached {FANOUT_STREAMS} open streams in {elapsed * 1000:.0f} ms")
+    assert len(arrivals) == FANOUT_STREAMS
+    assert elapsed < 5.0
