@@ -16,9 +16,12 @@ with PERMISSION_DENIED. Bundle streams skip a message equal to the previous one.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
@@ -133,6 +136,14 @@ def claims_struct(claims: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+@dataclass
+class WorkloadApiMetrics:
+    """Plain counters for metrics wiring: calls by (RPC, status code name), open streams."""
+
+    calls: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    streams_open: int = 0
+
+
 class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     """``SpiffeWorkloadAPI`` over a `SvidManager`, for callers the relay identified."""
 
@@ -151,6 +162,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self.health_registered = False
         self.reflection_registered = False
         self._hidden_logged: set[tuple[str, str]] = set()
+        self.metrics = WorkloadApiMetrics()
 
     def register(self, server: grpc.aio.Server) -> None:
         """The endpoint's handler registrar: this service, plus health and reflection when the
@@ -178,6 +190,26 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             kept_entry_id=kept.entry.id,
             hint=hidden.entry.hint,
         )
+
+    @contextlib.contextmanager
+    def _track(self, rpc: str, context: _Context, *, stream: bool = False) -> Iterator[None]:
+        """Count the call by RPC and final status code (and the stream while it is open)."""
+        metrics = self.metrics
+        if stream:
+            metrics.streams_open += 1
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            if stream:
+                metrics.streams_open -= 1
+            metrics.calls[(rpc, code.name)] += 1
 
     # Per-call checks
 
@@ -218,9 +250,58 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             )
         return frozenset(selectors)
 
-    # X.509-SVID profile
+    # RPCs: each counted by its final code; streams also counted while open
 
     async def FetchX509SVID(
+        self, request: workload_pb2.X509SVIDRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
+        with self._track("FetchX509SVID", context, stream=True):
+            async for message in self._fetch_x509_svid(request, context):
+                yield message
+
+    async def FetchX509Bundles(
+        self, request: workload_pb2.X509BundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+        with self._track("FetchX509Bundles", context, stream=True):
+            async for message in self._fetch_x509_bundles(request, context):
+                yield message
+
+    async def FetchJWTSVID(
+        self, request: workload_pb2.JWTSVIDRequest, context: _Context
+    ) -> workload_pb2.JWTSVIDResponse:
+        with self._track("FetchJWTSVID", context):
+            return await self._fetch_jwt_svid(request, context)
+
+    async def FetchJWTBundles(
+        self, request: workload_pb2.JWTBundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
+        with self._track("FetchJWTBundles", context, stream=True):
+            async for message in self._fetch_jwt_bundles(request, context):
+                yield message
+
+    async def ValidateJWTSVID(
+        self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
+    ) -> workload_pb2.ValidateJWTSVIDResponse:
+        with self._track("ValidateJWTSVID", context):
+            return await self._validate_jwt_svid(request, context)
+
+    async def FetchWITSVID(
+        self, request: workload_pb2.WITSVIDRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
+        with self._track("FetchWITSVID", context, stream=True):
+            async for message in self._fetch_wit_svid(request, context):
+                yield message
+
+    async def FetchWITBundles(
+        self, request: workload_pb2.WITBundlesRequest, context: _Context
+    ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
+        with self._track("FetchWITBundles", context, stream=True):
+            async for message in self._fetch_wit_bundles(request, context):
+                yield message
+
+    # X.509-SVID profile
+
+    async def _fetch_x509_svid(
         self, request: workload_pb2.X509SVIDRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
         await self._check_header(context)
@@ -242,7 +323,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 # Otherwise every matching entry's SVID is still being minted: wait for it.
                 await subscription.wait()
 
-    async def FetchX509Bundles(
+    async def _fetch_x509_bundles(
         self, request: workload_pb2.X509BundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
         await self._check_header(context)
@@ -258,7 +339,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     # JWT-SVID profile
 
-    async def FetchJWTSVID(
+    async def _fetch_jwt_svid(
         self, request: workload_pb2.JWTSVIDRequest, context: _Context
     ) -> workload_pb2.JWTSVIDResponse:
         await self._check_header(context)
@@ -296,7 +377,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             ]
         )
 
-    async def FetchJWTBundles(
+    async def _fetch_jwt_bundles(
         self, request: workload_pb2.JWTBundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
         await self._check_header(context)
@@ -310,7 +391,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         async for response in self._bundle_stream(context, selectors, build):
             yield response
 
-    async def ValidateJWTSVID(
+    async def _validate_jwt_svid(
         self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
     ) -> workload_pb2.ValidateJWTSVIDResponse:
         await self._check_header(context)
@@ -336,14 +417,14 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     # WIT-SVID profile: not supported
 
-    async def FetchWITSVID(
+    async def _fetch_wit_svid(
         self, request: workload_pb2.WITSVIDRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
         await self._check_header(context)
         await _abort(context, grpc.StatusCode.UNIMPLEMENTED, WIT_UNIMPLEMENTED)
         yield workload_pb2.WITSVIDResponse()  # pragma: no cover - makes this a stream handler
 
-    async def FetchWITBundles(
+    async def _fetch_wit_bundles(
         self, request: workload_pb2.WITBundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
         await self._check_header(context)

@@ -304,6 +304,9 @@ async def test_the_security_header_is_checked_before_anything_else(agent: Agent)
                     grpc.StatusCode.INVALID_ARGUMENT,
                     HEADER_MISSING,
                 ), metadata
+    calls = agent.service.metrics.calls
+    await wait_for(lambda: calls[("FetchX509SVID", "INVALID_ARGUMENT")] == len(bad_headers))
+    await wait_for(lambda: calls[("ValidateJWTSVID", "INVALID_ARGUMENT")] == len(bad_headers))
 
 
 MISSING_HEADER_SCRIPT = """
@@ -446,6 +449,9 @@ async def test_x509_stream_follows_entries_and_ends_when_the_last_goes(agent: Ag
             grpc.StatusCode.PERMISSION_DENIED,
             NO_IDENTITY,
         )
+    metrics = agent.service.metrics
+    await wait_for(lambda: metrics.calls[("FetchX509SVID", "PERMISSION_DENIED")] == 1)
+    assert metrics.streams_open == 0
 
 
 async def _read_until_error(stream: Any) -> None:
@@ -608,6 +614,8 @@ async def test_clients_that_drop_open_streams_leave_nothing_behind(agent: Agent)
     print(f"\n{DROPPED_STREAMS} streams opened and dropped in {elapsed:.2f} s")
     await wait_for(lambda: len(agent.manager._subscribers) == baseline)
     await wait_for(lambda: agent.endpoint.open_connections == relays)
+    await wait_for(lambda: agent.service.metrics.streams_open == 0)
+    assert agent.service.metrics.calls[("FetchX509SVID", "CANCELLED")] == DROPPED_STREAMS
     # Still serving.
     result = await agent.pyspiffe(X509_SCRIPT)
     assert result["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/web"
