@@ -20,7 +20,7 @@ import collections
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -211,6 +211,16 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 metrics.streams_open -= 1
             metrics.calls[(rpc, code.name)] += 1
 
+    async def _stream(
+        self, rpc: str, context: _Context, messages: AsyncGenerator[_M, None]
+    ) -> AsyncIterator[_M]:
+        """Relay a stream handler's messages, counted; closing this closes the handler at once
+        (its subscription with it) instead of whenever the garbage collector gets to it."""
+        with self._track(rpc, context, stream=True):
+            async with contextlib.aclosing(messages):
+                async for message in messages:
+                    yield message
+
     # Per-call checks
 
     async def _check_header(self, context: _Context) -> None:
@@ -255,16 +265,18 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     async def FetchX509SVID(
         self, request: workload_pb2.X509SVIDRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
-        with self._track("FetchX509SVID", context, stream=True):
-            async for message in self._fetch_x509_svid(request, context):
-                yield message
+        async for message in self._stream(
+            "FetchX509SVID", context, self._fetch_x509_svid(request, context)
+        ):
+            yield message
 
     async def FetchX509Bundles(
         self, request: workload_pb2.X509BundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
-        with self._track("FetchX509Bundles", context, stream=True):
-            async for message in self._fetch_x509_bundles(request, context):
-                yield message
+        async for message in self._stream(
+            "FetchX509Bundles", context, self._fetch_x509_bundles(request, context)
+        ):
+            yield message
 
     async def FetchJWTSVID(
         self, request: workload_pb2.JWTSVIDRequest, context: _Context
@@ -275,9 +287,10 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     async def FetchJWTBundles(
         self, request: workload_pb2.JWTBundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
-        with self._track("FetchJWTBundles", context, stream=True):
-            async for message in self._fetch_jwt_bundles(request, context):
-                yield message
+        async for message in self._stream(
+            "FetchJWTBundles", context, self._fetch_jwt_bundles(request, context)
+        ):
+            yield message
 
     async def ValidateJWTSVID(
         self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
@@ -288,22 +301,24 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     async def FetchWITSVID(
         self, request: workload_pb2.WITSVIDRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
-        with self._track("FetchWITSVID", context, stream=True):
-            async for message in self._fetch_wit_svid(request, context):
-                yield message
+        async for message in self._stream(
+            "FetchWITSVID", context, self._fetch_wit_svid(request, context)
+        ):
+            yield message
 
     async def FetchWITBundles(
         self, request: workload_pb2.WITBundlesRequest, context: _Context
     ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
-        with self._track("FetchWITBundles", context, stream=True):
-            async for message in self._fetch_wit_bundles(request, context):
-                yield message
+        async for message in self._stream(
+            "FetchWITBundles", context, self._fetch_wit_bundles(request, context)
+        ):
+            yield message
 
     # X.509-SVID profile
 
     async def _fetch_x509_svid(
         self, request: workload_pb2.X509SVIDRequest, context: _Context
-    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
+    ) -> AsyncGenerator[workload_pb2.X509SVIDResponse, None]:
         await self._check_header(context)
         selectors = await self._attest(context)
         with self._manager.subscribe() as subscription:
@@ -325,7 +340,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     async def _fetch_x509_bundles(
         self, request: workload_pb2.X509BundlesRequest, context: _Context
-    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+    ) -> AsyncGenerator[workload_pb2.X509BundlesResponse, None]:
         await self._check_header(context)
         selectors = await self._attest(context)
 
@@ -334,8 +349,9 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 bundles={bundle_key(td): b.x509_der() for td, b in bundles.items()}
             )
 
-        async for response in self._bundle_stream(context, selectors, build):
-            yield response
+        async with contextlib.aclosing(self._bundle_stream(context, selectors, build)) as stream:
+            async for response in stream:
+                yield response
 
     # JWT-SVID profile
 
@@ -379,7 +395,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     async def _fetch_jwt_bundles(
         self, request: workload_pb2.JWTBundlesRequest, context: _Context
-    ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
+    ) -> AsyncGenerator[workload_pb2.JWTBundlesResponse, None]:
         await self._check_header(context)
         selectors = await self._attest(context)
 
@@ -388,8 +404,9 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 bundles={bundle_key(td): b.to_workload_jwt_jwks() for td, b in bundles.items()}
             )
 
-        async for response in self._bundle_stream(context, selectors, build):
-            yield response
+        async with contextlib.aclosing(self._bundle_stream(context, selectors, build)) as stream:
+            async for response in stream:
+                yield response
 
     async def _validate_jwt_svid(
         self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
@@ -419,14 +436,14 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     async def _fetch_wit_svid(
         self, request: workload_pb2.WITSVIDRequest, context: _Context
-    ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
+    ) -> AsyncGenerator[workload_pb2.WITSVIDResponse, None]:
         await self._check_header(context)
         await _abort(context, grpc.StatusCode.UNIMPLEMENTED, WIT_UNIMPLEMENTED)
         yield workload_pb2.WITSVIDResponse()  # pragma: no cover - makes this a stream handler
 
     async def _fetch_wit_bundles(
         self, request: workload_pb2.WITBundlesRequest, context: _Context
-    ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
+    ) -> AsyncGenerator[workload_pb2.WITBundlesResponse, None]:
         await self._check_header(context)
         await _abort(context, grpc.StatusCode.UNIMPLEMENTED, WIT_UNIMPLEMENTED)
         yield workload_pb2.WITBundlesResponse()  # pragma: no cover - makes this a stream handler
@@ -445,7 +462,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         context: _Context,
         selectors: frozenset[Selector],
         build: Callable[[dict[TrustDomain, Bundle]], _M],
-    ) -> AsyncIterator[_M]:
+    ) -> AsyncGenerator[_M, None]:
         """A bundle stream for a caller with at least one entry; equal messages are skipped."""
         with self._manager.subscribe() as subscription:
             sent: _M | None = None
