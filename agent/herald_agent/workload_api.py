@@ -53,6 +53,7 @@ SVID_REQUIRED: Final = "svid must be specified"
 INVALID_SPIFFE_ID: Final = "invalid requested SPIFFE ID"
 JWT_FETCH_FAILED: Final = "could not fetch JWT-SVID"
 WIT_UNIMPLEMENTED: Final = "fetching WIT-SVIDs is not implemented"
+SERIALIZE_FAILED: Final = "could not serialize response"
 
 # Claims kept from a token of another trust domain (SPIRE, without allowed_foreign_jwt_claims).
 _FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
@@ -428,9 +429,12 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         own = self._manager.bundle
         if own is None or svid.spiffe_id.trust_domain != own.trust_domain:
             claims = {k: v for k, v in claims.items() if k in _FOREIGN_CLAIMS}
-        return workload_pb2.ValidateJWTSVIDResponse(
-            spiffe_id=str(svid.spiffe_id), claims=claims_struct(claims)
-        )
+        try:
+            struct = claims_struct(claims)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A validly signed token whose claims a Struct cannot carry (say, a 400-digit number).
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"{SERIALIZE_FAILED}: claims: {exc}")
+        return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(svid.spiffe_id), claims=struct)
 
     # WIT-SVID profile: not supported
 

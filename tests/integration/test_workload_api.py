@@ -1013,3 +1013,32 @@ async def test_one_change_reaches_a_thousand_open_streams(agent: Agent) -> None:
     print(f"\none change reached {FANOUT_STREAMS} open streams in {elapsed * 1000:.0f} ms")
     assert len(arrivals) == FANOUT_STREAMS
     assert elapsed < 5.0
+
+
+async def test_a_valid_token_with_claims_a_struct_cannot_carry_is_unavailable(
+    agent: Agent,
+) -> None:
+    own, own_key = foreign_bundle(TRUST_DOMAIN)
+    await agent.entry("/web")
+    # The agent's own trust domain, re-keyed by the test so it can sign a token itself.
+    agent.manager._bundle = own
+    now = utcnow()
+    token = mint_jwt_svid(
+        key=own_key,
+        key_id=f"{TRUST_DOMAIN}-key",
+        spiffe_id=SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/peer"),
+        audiences=["a"],
+        issued_at=now,
+        expires_at=now + dt.timedelta(minutes=5),
+        extra_claims={"huge": 10**400},
+    )
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        error = await rpc_error(
+            stub(channel).ValidateJWTSVID(
+                workload_pb2.ValidateJWTSVIDRequest(audience="a", svid=token),
+                metadata=HEADER,
+                timeout=10,
+            )
+        )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert (error.details() or "").startswith("could not serialize response: claims: ")

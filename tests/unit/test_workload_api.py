@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import json_format
 
 from herald_agent.svid_manager import Identity, SvidManagerError
@@ -80,6 +81,11 @@ def test_claims_carry_aud_as_a_list_and_numbers_as_doubles() -> None:
         "exp": 1700000000.0,
     }
     assert json_format.MessageToDict(claims_struct({"aud": ["a", "b"]})) == {"aud": ["a", "b"]}
+
+
+def test_claims_a_struct_cannot_carry_raise() -> None:
+    with pytest.raises(OverflowError):
+        claims_struct({"big": 10**400})
 
 
 def test_bundle_keys_are_trust_domain_ids() -> None:
