@@ -304,9 +304,9 @@ async def test_the_security_header_is_checked_before_anything_else(agent: Agent)
                     grpc.StatusCode.INVALID_ARGUMENT,
                     HEADER_MISSING,
                 ), metadata
-    calls = agent.service.metrics.calls
-    await wait_for(lambda: calls[("FetchX509SVID", "INVALID_ARGUMENT")] == len(bad_headers))
-    await wait_for(lambda: calls[("ValidateJWTSVID", "INVALID_ARGUMENT")] == len(bad_headers))
+    counted = agent.service.metrics.calls
+    await wait_for(lambda: counted[("FetchX509SVID", "INVALID_ARGUMENT")] == len(bad_headers))
+    await wait_for(lambda: counted[("ValidateJWTSVID", "INVALID_ARGUMENT")] == len(bad_headers))
 
 
 MISSING_HEADER_SCRIPT = """
