@@ -50,18 +50,33 @@ class KubeApi:
         items = [dict(item, kind=kind) for item in answer.get("items") or []]
         return items, str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
-    def create_entry(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        namespace = obj["metadata"]["namespace"]
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        """The UID of the pod ``namespace/name``, None if there is none."""
+        try:
+            pod = self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta = json.loads(pod.data).get("metadata") or {}
+        return str(meta.get("uid") or "")
+
+    def create_entry(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the entry: (the stored object, True), or (the existing one, False) on 409."""
+        meta = obj["metadata"]
         try:
             created: dict[str, Any] = self._custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURALS["WorkloadEntry"], dict(obj)
+                GROUP, VERSION, meta["namespace"], PLURALS["WorkloadEntry"], dict(obj)
             )
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # Created meanwhile (another replica, a lost answer): make it what we want.
-            return self.patch_entry(obj)
-        return created
+            # Created meanwhile (another replica, a lost answer, an index not yet filled).
+            existing: dict[str, Any] = self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURALS["WorkloadEntry"], meta["name"]
+            )
+            return existing, False
+        return created, True
 
     def patch_entry(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]

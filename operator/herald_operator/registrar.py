@@ -509,8 +509,23 @@ class Registrar:
         return wrote
 
     async def _reconcile_orphan(self, uid: str) -> None:
-        """Entries whose pod is not known (deleted while nobody watched) go."""
+        """Entries whose pod is not in the index go, once the API confirms the pod is gone.
+
+        The index alone cannot tell: watches deliver kinds in no particular order, so an entry
+        may be seen before its pod (at start, after a peering pause, in a resync's listings).
+        """
         try:
+            for entry in list(self.entries.get(uid, {}).values()):
+                owner: Mapping[str, Any] = next(
+                    (o for o in _meta(entry).get("ownerReferences") or [] if o.get("uid") == uid),
+                    {},
+                )
+                namespace = str(_meta(entry).get("namespace") or "")
+                name = str(owner.get("name") or "")
+                if name and await asyncio.to_thread(self.api.pod_uid, namespace, name) == uid:
+                    return  # the pod lives; its own event reconciles it
+            if uid in self._pod_by_uid:
+                return
             await self._apply([], uid)
         except Exception:
             self.metrics.failures.labels("handler").inc()
@@ -562,29 +577,38 @@ class Registrar:
             return False
         calls: list[Awaitable[None]] = []
         for entry in changes.create:
-            calls.append(self._write("create", uid, entry.to_object(), None))
+            calls.append(self._write("create", uid, entry, None))
         for entry in changes.update:
             current = existing[(entry.namespace, entry.name)]
-            calls.append(self._write("patch", uid, entry.to_object(), current))
+            calls.append(self._write("patch", uid, entry, current))
         for obj in changes.delete:
-            calls.append(self._write("delete", uid, dict(obj), None))
+            calls.append(self._write("delete", uid, None, dict(obj)))
         await asyncio.gather(*calls)
         if not self.entries.get(uid):
             self.entries.pop(uid, None)
         return True
 
-    async def _write(self, verb: str, uid: str, obj: Obj, current: Obj | None) -> None:
+    async def _write(
+        self, verb: str, uid: str, desired: DesiredEntry | None, current: Obj | None
+    ) -> None:
+        obj = desired.to_object() if desired is not None else dict(current or {})
         key = _pod_key(obj)
         try:
-            if verb == "create":
-                stored = await asyncio.to_thread(self.api.create_entry, obj)
-            elif verb == "patch":
-                stored = await asyncio.to_thread(self.api.replace_spec, obj, current or {})
-            else:
+            if verb == "delete":
                 await asyncio.to_thread(self.api.delete_entry, key[0], key[1])
                 self.entries.get(uid, {}).pop(key, None)
                 self.metrics.writes.labels(verb).inc()
                 return
+            if verb == "create":
+                stored, created = await asyncio.to_thread(self.api.create_entry, obj)
+                if not created:
+                    # It existed (the index had not seen it yet): write only a real difference.
+                    self.entries[uid][key] = stored
+                    if desired is None or not diff([desired], [stored]).update:
+                        return
+                    verb, current = "patch", stored
+            if verb == "patch":
+                stored = await asyncio.to_thread(self.api.replace_spec, obj, current or {})
         except Exception as exc:
             self.metrics.failures.labels("api").inc()
             log_event(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kmock
 import kopf
 import pytest
 
@@ -569,9 +570,7 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def test_run_command_serves_health_metrics_and_entries(
-    cluster: KubeCluster, tmp_path: Path
-) -> None:
+def _kubeconfig(cluster: KubeCluster, tmp_path: Path) -> Path:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -585,27 +584,43 @@ def test_run_command_serves_health_metrics_and_entries(
             }
         )
     )
+    return kubeconfig
+
+
+def _start_operator(kubeconfig: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "herald-operator"),
+            "run",
+            "--health-address",
+            f"127.0.0.1:{port}",
+            *args,
+        ],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _writes(port: int, verb: str) -> float:
+    _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+    for line in metrics.splitlines():
+        if line.startswith(f'herald_operator_entry_writes_total{{verb="{verb}"}}'):
+            return float(line.split()[-1])
+    return -1.0
+
+
+def test_run_command_serves_health_metrics_and_entries(
+    cluster: KubeCluster, tmp_path: Path
+) -> None:
+    kubeconfig = _kubeconfig(cluster, tmp_path)
     config = tmp_path / "operator.yaml"
     config.write_text(f"trust_domain: {TD}\ncluster_name: test\nignore_namespace: [other]\n")
     port = _free_port()
     cluster.create(cluster_identity("web"))
     cluster.create(pod("web-1"))
     cluster.create(pod("o-1", "other"))
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"}
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "herald-operator"),
-            "run",
-            "--config",
-            str(config),
-            "--standalone",
-            "--health-address",
-            f"127.0.0.1:{port}",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = _start_operator(kubeconfig, port, "--config", str(config), "--standalone")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _get(f"{base}/ready")[0] == 200, what="/ready", timeout=20)
@@ -639,3 +654,54 @@ def test_run_command_checks_its_flags(tmp_path: Path) -> None:
     config.write_text("trust_domain: a\nsurprise: 1\n")
     result = runner.invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 2 and "surprise" in result.output
+
+
+def test_peering_lets_one_replica_act(cluster: KubeCluster, tmp_path: Path) -> None:
+    cluster.emulator.resources["kopf.dev/v1/clusterkopfpeerings"] = kmock.ResourceInfo(
+        kind="ClusterKopfPeering",
+        singular="clusterkopfpeering",
+        namespaced=False,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+    )
+    cluster.create(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "p"}}
+    )
+    kubeconfig = _kubeconfig(cluster, tmp_path)
+    cluster.create(cluster_identity("web"))
+    flags = ("--trust-domain", TD, "--cluster-name", "c", "--peering-name", "p")
+    ports = {"leader": _free_port(), "standby": _free_port()}
+    # The leader first: a replica starts paused until it has read the peering object, so the
+    # standby never acts while the leader lives.
+    leader = _start_operator(kubeconfig, ports["leader"], *flags, "--priority", "20")
+    processes = [leader]
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{ports['leader']}/ready")[0] == 200, what="ready")
+        wait_for(
+            lambda: (cluster.get("kopf.dev/v1", "ClusterKopfPeering", "p") or {}).get("status"),
+            what="the leader in the peering object",
+        )
+        standby = _start_operator(kubeconfig, ports["standby"], *flags, "--priority", "10")
+        processes.append(standby)
+        wait_for(lambda: _get(f"http://127.0.0.1:{ports['standby']}/ready")[0] == 200, what="ready")
+        cluster.create(pod("web-1"))
+        wait_for(lambda: entries_of(cluster, "web-1"), what="the entry", timeout=20)
+        assert _writes(ports["leader"], "create") == 1
+        assert _writes(ports["standby"], "create") == 0
+        assert _writes(ports["standby"], "patch") == 0
+        # The leader goes; the standby takes over.
+        leader.terminate()
+        leader.communicate(timeout=20)
+        cluster.create(pod("web-2"))
+        wait_for(lambda: entries_of(cluster, "web-2"), what="the standby's entry", timeout=30)
+        assert _writes(ports["standby"], "create") == 1
+    except AssertionError as exc:
+        outputs = []
+        for process in processes:
+            process.terminate()
+            outputs.append(process.communicate(timeout=20)[0].decode()[-3000:])
+        raise AssertionError(f"{exc}\n--- outputs:\n" + "\n---\n".join(outputs)) from None
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.communicate(timeout=20)
