@@ -705,3 +705,38 @@ def test_peering_lets_one_replica_act(cluster: KubeCluster, tmp_path: Path) -> N
             if process.poll() is None:
                 process.terminate()
                 process.communicate(timeout=20)
+
+
+def test_identity_change_recomputes_only_the_pods_it_covers(
+    cluster: KubeCluster, make_operator: Callable[..., Operator]
+) -> None:
+    cluster.create(cluster_identity("a", podSelector={"matchLabels": {"app": "a"}}))
+    operator = make_operator()
+    for index in range(4):
+        cluster.create(pod(f"a-{index}", labels={"app": "a"}))
+    for index in range(12):
+        cluster.create(pod(f"b-{index}", "other", labels={"app": "b"}))
+    wait_for(lambda: len(entries(cluster)) == 4, what="four entries")
+    reconciles = operator.metrics.reconciles.labels("pod")
+    settle(lambda: True, seconds=0.3)
+    before = reconciles._value.get()
+    # A pod event recomputes that pod alone.
+    cluster.create(pod("c-1", "other", labels={"app": "c"}))
+    wait_for(lambda: reconciles._value.get() == before + 1, what="the new pod's reconcile")
+    # Widening the selector to one more pod recomputes the four it covered and that one, not
+    # the twelve others.
+    cluster.patch(
+        HERALD,
+        "ClusterSPIFFEID",
+        "a",
+        {
+            "spec": {
+                "podSelector": {
+                    "matchLabels": None,
+                    "matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "c"]}],
+                }
+            }
+        },
+    )
+    wait_for(lambda: entries_of(cluster, "c-1"), what="the newly covered pod's entry")
+    settle(lambda: reconciles._value.get() == before + 1 + 5)
