@@ -164,13 +164,13 @@ class Registrar:
         self._pod_entries_uid: dict[PodKey, str] = {}
         self._pod_by_uid: dict[str, PodKey] = {}
         self._reconciled_rv: dict[PodKey, int] = {}
-        self._locks: dict[PodKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: dict[PodKey, asyncio.Lock] = {}
+        self._lock_users: dict[PodKey, int] = {}
         self._dirty: set[IdentityKey] = set()
         self._status_task: asyncio.Task[None] | None = None
         self._written_status: dict[IdentityKey, Obj] = {}
         self._announced: dict[IdentityKey, tuple[str, str]] = {}
         self._resync_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- readiness and lifecycle -------------------------------------------------------------
 
@@ -468,16 +468,20 @@ class Registrar:
     async def reconcile_pod(self, key: PodKey, *, deleted_pod: Obj | None = None) -> bool:
         """Bring one pod's entries to what its identities render; True if anything was written."""
         self.metrics.reconciles.labels("pod").inc()
-        async with self._locks[key]:
-            try:
+        # One reconcile per pod at a time; the lock lives while someone holds or awaits it.
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._lock_users[key] = self._lock_users.get(key, 0) + 1
+        try:
+            async with lock:
                 return await self._reconcile_pod(key, deleted_pod)
-            except Exception:
-                self.metrics.failures.labels("handler").inc()
-                _log.exception("reconciling pod %s/%s failed", *key)
-                return False
-            finally:
-                if key not in self.pods:
-                    self._locks.pop(key, None)
+        except Exception:
+            self.metrics.failures.labels("handler").inc()
+            _log.exception("reconciling pod %s/%s failed", *key)
+            return False
+        finally:
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key], self._locks[key]
 
     async def _reconcile_pod(self, key: PodKey, deleted_pod: Obj | None) -> bool:
         pod = self.pods.get(key)

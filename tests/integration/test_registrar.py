@@ -265,6 +265,8 @@ def test_pods_without_entries(cluster: KubeCluster, make_operator: Callable[...,
     cluster.patch("v1", "Pod", "marker", {"status": {"phase": "Failed"}}, "web")
     wait_for(lambda: not entries_of(cluster, "marker"), what="finished pod's entry to go")
     assert operator.healthy
+    # Per-pod locks live only while a reconcile holds or awaits them (pod names churn).
+    wait_for(lambda: not operator.registrar._locks, what="the per-pod locks to go")
 
 
 def test_identity_edit_changes_only_affected_entries(
