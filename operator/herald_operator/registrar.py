@@ -77,7 +77,6 @@ ENTRY: Final = "entry"
 MASKED: Final = "masked"
 FAILED: Final = "failed"
 SELECTED: Final = "selected"  # selected, but no entry: a fallback another identity overrides
-_STATUS_DELAY: Final = 0.05  # coalesces the status writes of a burst of pod events
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,8 @@ class RegistrarConfig:
     class_name: str = ""
     watch_classless: bool = False
     resync_seconds: float = 300.0
+    # The status writes of a burst of pod events coalesce: at most one per identity per delay.
+    status_delay_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -635,7 +636,7 @@ class Registrar:
             self._status_task = asyncio.create_task(self._flush_status(), name="herald-status")
 
     async def _flush_status(self) -> None:
-        await asyncio.sleep(_STATUS_DELAY)
+        await asyncio.sleep(self.config.status_delay_seconds)
         while self._dirty:
             keys, self._dirty = self._dirty, set()
             await asyncio.gather(*(self._write_status(key) for key in keys))

@@ -134,7 +134,11 @@ def make_operator(cluster: KubeCluster) -> Iterator[Callable[..., Operator]]:
 
     def make(**overrides: Any) -> Operator:
         config = RegistrarConfig(
-            trust_domain=TD, cluster_name="test", resync_seconds=0, **overrides
+            trust_domain=TD,
+            cluster_name="test",
+            resync_seconds=0,
+            status_delay_seconds=0.05,
+            **overrides,
         )
         operator = Operator(cluster, config).start()
         started.append(operator)
@@ -300,8 +304,13 @@ def test_identity_edit_changes_only_affected_entries(
     # Deleting an identity removes its entries.
     cluster.delete(HERALD, "ClusterSPIFFEID", "api")
     wait_for(lambda: not entries(cluster), what="every entry to go")
-    status = cluster.get(HERALD, "ClusterSPIFFEID", "db")["status"]
-    assert status["podsSelected"] == 0
+    wait_for(
+        lambda: (
+            (cluster.get(HERALD, "ClusterSPIFFEID", "db").get("status") or {}).get("podsSelected")
+            == 0
+        ),
+        what="the narrowed identity's status",
+    )
     assert operator.healthy
 
 
@@ -629,8 +638,14 @@ def test_run_command_serves_health_metrics_and_entries(
         assert _get(f"{base}/live")[0] == 200
         wait_for(lambda: entries_of(cluster, "web-1"), what="the entry")
         settle(lambda: not entries_of(cluster, "o-1"))  # an ignored namespace
+        wait_for(
+            lambda: (
+                'herald_operator_entries{identity="ClusterSPIFFEID/web"} 1.0'
+                in _get(f"{base}/metrics")[1]
+            ),
+            what="the entries gauge",
+        )
         _, metrics = _get(f"{base}/metrics")
-        assert 'herald_operator_entries{identity="ClusterSPIFFEID/web"} 1.0' in metrics
         assert "herald_operator_pod_event_to_entry_seconds_bucket" in metrics
         assert 'herald_operator_reconciles_total{kind="pod"}' in metrics
     except AssertionError as exc:
