@@ -8,6 +8,7 @@ holds after attesting: its key, its SVID chain and the bundle, and it opens mTLS
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from herald_agent.server_client import ServerClient, attest_join_token
+from herald_agent.svid_manager import SvidManager
 from herald_core.bundle import Bundle
 from herald_core.csr import make_csr
 from herald_core.entry import Entry
@@ -46,6 +49,20 @@ def standalone_config(tmp: Path, **extra: Any) -> dict[str, Any]:
     }
     doc.update(extra)
     return doc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fixed_ports() -> dict[str, str]:
+    """Listen addresses on ports picked now, so a restarted server comes back on the same ones."""
+    return {
+        name: f"127.0.0.1:{free_port()}"
+        for name in ("attestation_address", "agent_address", "health_address")
+    }
 
 
 async def start_server(tmp: Path, **extra: Any) -> HeraldServer:
@@ -160,6 +177,18 @@ def csr_for(entry: Entry, key: PrivateKey | None = None) -> tuple[PrivateKey, by
 
 def leaf_of(result: agent_pb2.X509SVIDResult) -> x509.Certificate:
     return parse_der_chain(result.cert_chain[0])[0]
+
+
+async def attested_manager(server: HeraldServer) -> SvidManager:
+    """An agent's SvidManager, attested to ``server`` with a fresh join token (not started)."""
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        await join_token(server),
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
+    return SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
 
 
 def utcnow() -> dt.datetime:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from herald_operator.kubeapi import KubeApi
 from herald_operator.metrics import RegistrarMetrics
 from herald_operator.registrar import Registrar, RegistrarConfig, build_registry
 from tests.kube_emulator import KubeCluster
+from tests.server_harness import free_port
 
 HERALD = "herald.dev/v1alpha1"
 WRITE_VERBS = ("create", "patch", "delete")
@@ -565,12 +565,6 @@ def test_cold_start_keeps_existing_entries(
 # --- herald-operator run -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http://127.0.0.1
@@ -627,7 +621,7 @@ def test_run_command_serves_health_metrics_and_entries(
     kubeconfig = _kubeconfig(cluster, tmp_path)
     config = tmp_path / "operator.yaml"
     config.write_text(f"trust_domain: {TD}\ncluster_name: test\nignore_namespace: [other]\n")
-    port = _free_port()
+    port = free_port()
     cluster.create(cluster_identity("web"))
     cluster.create(pod("web-1"))
     cluster.create(pod("o-1", "other"))
@@ -686,7 +680,7 @@ def test_peering_lets_one_replica_act(cluster: KubeCluster, tmp_path: Path) -> N
     kubeconfig = _kubeconfig(cluster, tmp_path)
     cluster.create(cluster_identity("web"))
     flags = ("--trust-domain", TD, "--cluster-name", "c", "--peering-name", "p")
-    ports = {"leader": _free_port(), "standby": _free_port()}
+    ports = {"leader": free_port(), "standby": free_port()}
     # The leader first: a replica starts paused until it has read the peering object, so the
     # standby never acts while the leader lives.
     leader = _start_operator(kubeconfig, ports["leader"], *flags, "--priority", "20")

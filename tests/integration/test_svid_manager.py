@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -45,7 +44,9 @@ from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     SERVER_NAME,
     admin_stub,
+    attested_manager,
     create_entry,
+    fixed_ports,
     join_token,
     start_server,
     utcnow,
@@ -54,13 +55,6 @@ from tests.server_harness import (
 pytestmark = pytest.mark.timeout(90)
 UID_1000 = parse_selectors(["unix:uid:1000"])
 HOUR = dt.timedelta(hours=1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -87,20 +81,10 @@ async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> float
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    ports = {
-        "attestation_address": f"127.0.0.1:{free_port()}",
-        "agent_address": f"127.0.0.1:{free_port()}",
-        "health_address": f"127.0.0.1:{free_port()}",
-    }
+    ports = fixed_ports()
     server = await start_server(tmp_path, **ports)
-    attested = await attest_join_token(
-        f"127.0.0.1:{server.attestation_port}",
-        await join_token(server),
-        server.ca.bundle().x509_authorities,
-        SERVER_NAME,
-    )
-    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
-    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    manager = await attested_manager(server)
+    client = manager.client
     node = Node(server, manager, ports, tmp_path)
     yield node
     await manager.stop()
@@ -288,14 +272,8 @@ async def test_concurrent_jwt_fetches_share_one_signing_call(node: Node) -> None
 
 async def test_agent_svid_is_renewed_and_the_new_one_is_used(tmp_path: Path) -> None:
     server = await start_server(tmp_path, ca={"agent_svid_ttl": "4s"})
-    attested = await attest_join_token(
-        f"127.0.0.1:{server.attestation_port}",
-        await join_token(server),
-        server.ca.bundle().x509_authorities,
-        SERVER_NAME,
-    )
-    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
-    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    manager = await attested_manager(server)
+    client = manager.client
     await manager.start()
     try:
         first = client.svid

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,6 @@ from herald_agent.attestors import AttestationError
 from herald_agent.attestors.unix import UnixAttestor
 from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
 from herald_agent.rotation import Backoff
-from herald_agent.server_client import ServerClient, attest_join_token
 from herald_agent.svid_manager import SvidManager
 from herald_agent.workload_api import (
     AUDIENCE_REQUIRED,
@@ -53,11 +51,12 @@ from herald_core.x509svid import make_ca_certificate, parse_der_chain, verify_ch
 from herald_server.server import HeraldServer
 from tests.pyspiffe_runner import run_pyspiffe
 from tests.server_harness import (
-    SERVER_NAME,
     TRUST_DOMAIN,
     admin_stub,
+    attested_manager,
     create_entry,
-    join_token,
+    fixed_ports,
+    free_port,
     start_server,
     utcnow,
 )
@@ -132,19 +131,10 @@ def socket_dir() -> Iterator[Path]:
 @pytest.fixture
 async def agent(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Agent]:
     # Fixed ports, so a restarted server is where the agent looks for it.
-    server_args = {
-        name: f"127.0.0.1:{free_port()}"
-        for name in ("attestation_address", "agent_address", "health_address")
-    }
+    server_args = fixed_ports()
     server = await start_server(tmp_path, **server_args)
-    attested = await attest_join_token(
-        f"127.0.0.1:{server.attestation_port}",
-        await join_token(server),
-        server.ca.bundle().x509_authorities,
-        SERVER_NAME,
-    )
-    client = ServerClient(f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME)
-    manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
+    manager = await attested_manager(server)
+    client = manager.client
     callers = CallerRegistry()
     service = WorkloadApiService(manager, callers, [UnixAttestor()])
     endpoint = WorkloadEndpoint(
@@ -681,13 +671,6 @@ with X509Source(timeout_in_seconds=20) as source:
     conn.close()
     print(json.dumps({"me": me, "reply": reply.decode()}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _can_run_as_nobody() -> str | None:
