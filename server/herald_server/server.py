@@ -63,7 +63,14 @@ class _TlsMaterial:
     def __init__(self, ca: CAManager, *, client_roots: bool) -> None:
         self._ca = ca
         self._client_roots = client_roots
-        self._key: tuple[bytes, bytes, bytes | None] | None = None
+        self._version: tuple[int, int] | None = None
+
+    def _current_version(self) -> tuple[int, int]:
+        # The server certificate's serial and the bundle's sequence change whenever the
+        # material does, so handshakes compare two integers instead of re-encoding PEM.
+        chain, _ = self._ca.server_tls()
+        sequence = self._ca.bundle().sequence_number if self._client_roots else 0
+        return chain[0].serial_number, sequence
 
     def _material(self) -> tuple[bytes, bytes, bytes | None]:
         chain, key = self._ca.server_tls()
@@ -71,15 +78,15 @@ class _TlsMaterial:
         return private_key_to_pem(key), certs_to_pem(chain), roots
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        self._key = self._material()
-        return self._configuration(self._key)
+        self._version = self._current_version()
+        return self._configuration(self._material())
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        material = self._material()
-        if material == self._key:
+        version = self._current_version()
+        if version == self._version:
             return None
-        self._key = material
-        return self._configuration(material)
+        self._version = version
+        return self._configuration(self._material())
 
     @staticmethod
     def _configuration(
