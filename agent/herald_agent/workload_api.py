@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import Any, Final, NoReturn, TypeVar
 import grpc
 from google.protobuf import message as protobuf_message
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from herald_agent.attestors import AttestationError, WorkloadAttestor
 from herald_agent.endpoint import CallerRegistry
@@ -160,17 +161,14 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self._callers = callers
         self._attestors = tuple(attestors)
         self._clock = clock
-        self.health_registered = False
-        self.reflection_registered = False
         self._hidden_logged: set[tuple[str, str]] = set()
         self.metrics = WorkloadApiMetrics()
 
     def register(self, server: grpc.aio.Server) -> None:
-        """The endpoint's handler registrar: this service, plus health and reflection when the
-        optional ``grpcio-health-checking`` / ``grpcio-reflection`` packages are installed."""
+        """The endpoint's handler registrar: this service, gRPC health and server reflection."""
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, server)
-        self.health_registered = _register_health(server)
-        self.reflection_registered = _register_reflection(server)
+        _register_health(server)
+        _register_reflection(server)
 
     def _dedupe(self, identities: Sequence[Identity]) -> list[Identity]:
         return dedupe_hints(identities, self._log_hidden)
@@ -529,47 +527,22 @@ def _jwt_error(exc: SvidManagerError) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.UNAVAILABLE, f"{JWT_FETCH_FAILED}: {exc}"
 
 
-def _register_health(server: grpc.aio.Server) -> bool:
-    """grpc.health.v1 (SERVING) when ``grpcio-health-checking`` is installed; else False."""
-    try:
-        health = importlib.import_module("grpc_health.v1.health")
-        health_pb2 = importlib.import_module("grpc_health.v1.health_pb2")
-        health_pb2_grpc = importlib.import_module("grpc_health.v1.health_pb2_grpc")
-    except ImportError:
-        log_event(_log, "info", "grpc health not served: grpcio-health-checking not installed")
-        return False
+def _register_health(server: grpc.aio.Server) -> None:
+    """grpc.health.v1 on the same socket, SERVING for the whole server and for the Workload API."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    serving = health_pb2.HealthCheckResponse.SERVING
     # The service is registered before the server starts; the status is set when it runs.
-    task = asyncio.get_running_loop().create_task(_set_serving(servicer, serving))
+    task = asyncio.get_running_loop().create_task(_set_serving(servicer))
     _background.add(task)
     task.add_done_callback(_background.discard)
-    return True
 
 
-async def _set_serving(servicer: Any, serving: Any) -> None:
+async def _set_serving(servicer: health.aio.HealthServicer) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
     await servicer.set("", serving)
     await servicer.set(SERVICE_NAME, serving)
 
 
-def _register_reflection(server: grpc.aio.Server) -> bool:
-    """Server reflection when ``grpcio-reflection`` is installed; else False."""
-    try:
-        reflection = importlib.import_module("grpc_reflection.v1alpha.reflection")
-    except ImportError:
-        log_event(_log, "info", "grpc reflection not served: grpcio-reflection not installed")
-        return False
-    names = [SERVICE_NAME, reflection.SERVICE_NAME]
-    if _health_available():
-        names.append("grpc.health.v1.Health")
+def _register_reflection(server: grpc.aio.Server) -> None:
+    names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    return True
-
-
-def _health_available() -> bool:
-    try:
-        importlib.import_module("grpc_health.v1.health")
-    except ImportError:
-        return False
-    return True

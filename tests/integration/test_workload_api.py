@@ -24,6 +24,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from herald_agent import workload_api
 from herald_agent.attestors import AttestationError
@@ -1025,3 +1027,24 @@ async def test_a_valid_token_with_claims_a_struct_cannot_carry_is_unavailable(
         )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert (error.details() or "").startswith("could not serialize response: claims: ")
+
+
+async def test_health_and_reflection_are_served_on_the_workload_socket(agent: Agent) -> None:
+    async with grpc.aio.insecure_channel(agent.target) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        for service in ("", workload_api.SERVICE_NAME):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        missing = await rpc_error(health.Check(health_pb2.HealthCheckRequest(service="nope")))
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+        reflection: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for answer in reflection.ServerReflectionInfo(iter([request])):
+            names = {s.name for s in answer.list_services_response.service}
+            break
+    assert names == {
+        workload_api.SERVICE_NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
