@@ -2,22 +2,28 @@
 
 Every problem is a ConfigError naming the field's path and why (``ca.ttl: cannot read duration
 'soon'; ...``); unknown fields are errors with a suggestion, so a typo never silently leaves a
-default in place. Relative paths in the file are relative to the file's directory.
+default in place. Relative paths in the file are relative to the file's directory. The generic
+field reading is `herald_core.configfile`'s, shared with the agent.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-import yaml
-
-from herald_core.durations import DurationError, format_duration, parse_duration
+# Address and ConfigError are part of this module's interface, re-exported.
+from herald_core.configfile import Address as Address
+from herald_core.configfile import ConfigError as ConfigError
+from herald_core.configfile import (
+    Section,
+    check_socket_path,
+    load_document,
+)
+from herald_core.durations import format_duration
 from herald_core.entry import EntryError, check_dns_name
 from herald_core.keys import KeyType
 from herald_core.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
@@ -33,30 +39,13 @@ ADMIN_SOCKET_NAME: Final = "admin.sock"
 DEFAULT_ADMIN_SOCKET: Final = DEFAULT_DATA_DIR / ADMIN_SOCKET_NAME
 NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE: Final = "herald"
-# sun_path is 108 bytes on Linux, one of them the terminating NUL.
-MAX_SOCKET_PATH_BYTES: Final = 107
-MAX_TTL: Final = timedelta(days=366)
 MAX_MESSAGE_BYTES: Final = 2**31 - 1
+DEFAULT_ATTESTATION_ADDRESS: Final = Address("0.0.0.0", 8442)  # noqa: S104 - a server listens
+DEFAULT_AGENT_ADDRESS: Final = Address("0.0.0.0", 8443)  # noqa: S104
+DEFAULT_HEALTH_ADDRESS: Final = Address("0.0.0.0", 8080)  # noqa: S104
 
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
-_T = TypeVar("_T")
-
-
-class ConfigError(ValueError):
-    """A configuration the server will not run with; the message names the field and why."""
-
-
-@dataclass(frozen=True)
-class Address:
-    """A listen address; ``str()`` gives the ``host:port`` form grpc and aiohttp take."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -110,10 +99,10 @@ class ServerConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     log_level: str = "info"
     log_format: LogFormat = "text"
-    attestation_address: Address = Address("0.0.0.0", 8442)  # noqa: S104 - a server listens
-    agent_address: Address = Address("0.0.0.0", 8443)  # noqa: S104
+    attestation_address: Address = DEFAULT_ATTESTATION_ADDRESS
+    agent_address: Address = DEFAULT_AGENT_ADDRESS
     admin_socket: Path = DEFAULT_ADMIN_SOCKET
-    health_address: Address = Address("0.0.0.0", 8080)  # noqa: S104
+    health_address: Address = DEFAULT_HEALTH_ADDRESS
     server_dns_names: tuple[str, ...] = ()
     ca: CAConfig = field(default_factory=CAConfig)
     join_token_ttl: timedelta = timedelta(minutes=10)
@@ -146,158 +135,6 @@ class ServerConfig:
         )
 
 
-class _Section:
-    """One mapping of the raw document, checked against its dataclass and read field by field."""
-
-    def __init__(self, raw: Mapping[str, Any], path: str, base_dir: Path, schema: type) -> None:
-        self._raw = raw
-        self._path = path
-        self._base_dir = base_dir
-        # Unknown fields are refused before any value is read, so a misspelt field is
-        # reported as such and not as the required field it was meant to be.
-        known = [f.name for f in fields(schema)]
-        for key in raw:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean {self.where(close[0])!r}?" if close else ""
-                raise ConfigError(f"unknown field {self.where(str(key))!r}{hint}")
-
-    def where(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def has(self, name: str) -> bool:
-        return self._raw.get(name) is not None
-
-    def _take(self, name: str) -> Any:
-        return self._raw.get(name)
-
-    def error(self, name: str, why: str) -> ConfigError:
-        return ConfigError(f"{self.where(name)}: {why}")
-
-    def string(self, name: str, default: str) -> str:
-        value = self._take(name)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise self.error(name, f"expected a string, got {_describe(value)}")
-        if not value.strip():
-            raise self.error(name, "cannot be empty")
-        return value
-
-    def choice(self, name: str, choices: tuple[_T, ...], default: _T) -> _T:
-        text = self.string(name, str(default)).strip().lower()
-        for option in choices:
-            if text == str(option):
-                return option
-        raise self.error(
-            name,
-            f"{text!r} is not one of " + ", ".join(repr(str(c)) for c in choices),
-        )
-
-    def duration(self, name: str, default: timedelta) -> timedelta:
-        value = self._take(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise self.error(name, f"expected a duration such as '1h', got {_describe(value)}")
-        try:
-            found = parse_duration(str(value))
-        except DurationError as exc:
-            raise self.error(name, str(exc)) from exc
-        if found < timedelta(seconds=1) or found.microseconds:
-            raise self.error(name, f"must be a whole number of seconds, at least 1s; got {value!r}")
-        if found > MAX_TTL:
-            raise self.error(name, f"must be at most {format_duration(MAX_TTL.total_seconds())}")
-        return found
-
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        value = self._take(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"expected a whole number, got {_describe(value)}")
-        if not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
-        return value
-
-    def number(self, name: str, default: float, minimum: float) -> float:
-        value = self._take(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(name, f"expected a number, got {_describe(value)}")
-        if value < minimum:
-            raise self.error(name, f"must be at least {minimum}, got {value}")
-        return float(value)
-
-    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._take(name)
-        if value is None:
-            return default
-        if not isinstance(value, list):
-            raise self.error(name, f"expected a list of strings, got {_describe(value)}")
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise self.error(f"{name}[{index}]", f"expected a string, got {_describe(item)}")
-        if len(set(value)) != len(value):
-            raise self.error(name, "lists a value twice")
-        return tuple(value)
-
-    def path(self, name: str) -> Path | None:
-        value = self._take(name)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(name, f"expected a path, got {_describe(value)}")
-        return self._base_dir / Path(value).expanduser()
-
-    def address(self, name: str, default: Address) -> Address:
-        value = self._take(name)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise self.error(name, f"expected host:port, e.g. '{default}', got {_describe(value)}")
-        return _parse_address(value, self.where(name), default)
-
-    def section(self, name: str, schema: type) -> _Section:
-        value = self._take(name)
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise self.error(name, f"expected a mapping of fields, got {_describe(value)}")
-        return _Section(value, self.where(name), self._base_dir, schema)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, int | float):
-        return f"a number ({value})"
-    return repr(value)
-
-
-def _parse_address(text: str, where: str, example: Address) -> Address:
-    raw = text.strip()
-    if raw.startswith("["):
-        host, bracket, rest = raw[1:].partition("]")
-        port_text = rest[1:] if bracket and rest.startswith(":") else ""
-    else:
-        host, _, port_text = raw.rpartition(":")
-    bad_host = (
-        not host or (":" in host and not raw.startswith("[")) or any(c.isspace() for c in host)
-    )
-    if bad_host or not (port_text.isascii() and port_text.isdigit()):
-        raise ConfigError(f"{where}: expected host:port, e.g. '{example}', got {text!r}")
-    port = int(port_text)
-    if port > 65535:
-        raise ConfigError(f"{where}: port {port} is out of range 0-65535")
-    return Address(host, port)
-
-
 def _check_name(where: str, value: str, pattern: re.Pattern[str], kind: str) -> str:
     if not pattern.match(value):
         raise ConfigError(
@@ -316,7 +153,7 @@ def _read_namespace(namespace_file: Path) -> str:
     return found or DEFAULT_NAMESPACE
 
 
-def _read_ca(section: _Section, mode: Mode) -> CAConfig:
+def _read_ca(section: Section, mode: Mode) -> CAConfig:
     key_types = tuple(KeyType)
     defaults = CAConfig()
     ca = CAConfig(
@@ -347,7 +184,7 @@ def _read_ca(section: _Section, mode: Mode) -> CAConfig:
     return ca
 
 
-def _read_upstream(ca: _Section, mode: Mode) -> UpstreamConfig | None:
+def _read_upstream(ca: Section, mode: Mode) -> UpstreamConfig | None:
     section = ca.section("upstream", UpstreamConfig)
     if not ca.has("upstream"):
         return None
@@ -372,7 +209,7 @@ def _read_upstream(ca: _Section, mode: Mode) -> UpstreamConfig | None:
     return upstream
 
 
-def _read_limits(section: _Section) -> LimitsConfig:
+def _read_limits(section: Section) -> LimitsConfig:
     defaults = LimitsConfig()
     limits = LimitsConfig(
         max_batch=section.integer("max_batch", defaults.max_batch, 1, 100_000),
@@ -397,7 +234,7 @@ def _read_limits(section: _Section) -> LimitsConfig:
 
 
 def _read_kubernetes(
-    section: _Section, mode: Mode, trust_domain: TrustDomain, namespace_file: Path
+    section: Section, mode: Mode, trust_domain: TrustDomain, namespace_file: Path
 ) -> KubernetesConfig:
     defaults = KubernetesConfig()
     namespace = _check_name(
@@ -432,7 +269,7 @@ def _read_kubernetes(
     return config
 
 
-def _check_cluster_name(section: _Section, cluster_name: str, trust_domain: TrustDomain) -> None:
+def _check_cluster_name(section: Section, cluster_name: str, trust_domain: TrustDomain) -> None:
     if not cluster_name:
         raise section.error(
             "cluster_name",
@@ -454,15 +291,10 @@ def _check_listeners(config: ServerConfig) -> None:
                 f"{name}: same as {seen[address]} ({address}); each listener needs its own port"
             )
         seen[address] = name
-    size = len(str(config.admin_socket).encode())
-    if size > MAX_SOCKET_PATH_BYTES:
-        raise ConfigError(
-            f"admin_socket: {config.admin_socket} is {size} bytes long; a Unix socket path can "
-            f"be at most {MAX_SOCKET_PATH_BYTES}"
-        )
+    check_socket_path("admin_socket", config.admin_socket)
 
 
-def _read_dns_names(section: _Section) -> tuple[str, ...]:
+def _read_dns_names(section: Section) -> tuple[str, ...]:
     names = section.strings("server_dns_names", ())
     for index, name in enumerate(names):
         try:
@@ -473,7 +305,7 @@ def _read_dns_names(section: _Section) -> tuple[str, ...]:
     return names
 
 
-def _read_trust_domain(section: _Section) -> TrustDomain:
+def _read_trust_domain(section: Section) -> TrustDomain:
     if not section.has("trust_domain"):
         raise section.error("trust_domain", "required (e.g. 'example.org')")
     text = section.string("trust_domain", "")
@@ -487,7 +319,7 @@ def config_from_mapping(
     raw: Mapping[str, Any], *, base_dir: Path, namespace_file: Path = NAMESPACE_FILE
 ) -> ServerConfig:
     """Check and build a ServerConfig from a parsed document; relative paths join ``base_dir``."""
-    top = _Section(raw, "", base_dir, ServerConfig)
+    top = Section(raw, "", base_dir, ServerConfig)
     trust_domain = _read_trust_domain(top)
     mode = top.choice("mode", MODES, "standalone")
     log_level = top.choice("log_level", tuple(LOG_LEVELS), "info")
@@ -526,40 +358,6 @@ def config_from_mapping(
     return config
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top, got {_describe(doc)}")
-    return doc
-
-
-def _apply_override(doc: dict[str, Any], dotted: str, value: object) -> None:
-    *parents, last = dotted.split(".")
-    target = doc
-    for name in parents:
-        child = target.get(name)
-        if not isinstance(child, dict):
-            child = {}
-            target[name] = child
-        target = child
-    target[last] = value
-
-
 def load_config(
     path: Path | None,
     overrides: Mapping[str, object] | None = None,
@@ -571,11 +369,5 @@ def load_config(
     Override values are used as given (a relative path in one is relative to the current
     directory); None values are skipped, so unset command-line flags can be passed straight in.
     """
-    doc = _read_file(path) if path is not None else {}
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _apply_override(
-                doc, dotted, str(value.absolute()) if isinstance(value, Path) else value
-            )
-    base_dir = path.parent.resolve() if path is not None else Path.cwd()
+    doc, base_dir = load_document(path, overrides)
     return config_from_mapping(doc, base_dir=base_dir, namespace_file=namespace_file)
