@@ -2,19 +2,16 @@
 and ``healthcheck`` are spire-server-shaped clients of the admin socket.
 
 Flags are spelt as spire-server spells them (``-spiffeID``, ``-x509SVIDTTL``), with one dash or
-two, as Go's flag package accepts. Every flag is checked here before anything is sent, so a
-mistake is reported with the flag's name and nothing reaches the server.
+two, as Go's flag package accepts (the shared machinery is ``herald_core.spirecli``). Every flag
+is checked here before anything is sent, so a mistake is reported with the flag's name and
+nothing reaches the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
-import os
-import stat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -31,6 +28,15 @@ from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
 from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+from herald_core.spirecli import (
+    SpireGroup,
+    check_socket,
+    connect_once,
+    flag,
+    output_flag,
+    print_json,
+    timestamp,
+)
 from herald_core.wire import bundle_from_proto, entry_to_proto, selector_to_proto
 from herald_server.admin_api import AdminSocketError, admin_channel
 from herald_server.config import DEFAULT_ADMIN_SOCKET, ConfigError, load_config
@@ -47,68 +53,6 @@ if TYPE_CHECKING:
     from herald_core.proto.herald.admin.v1.admin_pb2_grpc import AdminAPIAsyncStub as Stub
 
 
-class SpireCommand(click.Command):
-    """A command whose unknown-flag error names the flag as typed and the nearest real one.
-
-    click reads an unknown ``-spiffeId`` as the short flags ``-s -p …`` and would complain
-    about ``-s``; SPIRE users deserve ``No such option: -spiffeId (Did you mean -spiffeID?)``.
-    """
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, list(args))
-        except click.NoSuchOption:
-            unknown = self._first_unknown_flag(ctx, args)
-            if unknown is None:
-                raise
-            raise click.NoSuchOption(
-                unknown, possibilities=self._suggest(ctx, unknown), ctx=ctx
-            ) from None
-
-    def _flags(self, ctx: click.Context) -> dict[str, bool]:
-        """Every flag spelling, mapped to whether it takes a value."""
-        flags: dict[str, bool] = {}
-        for param in self.get_params(ctx):
-            if isinstance(param, click.Option):
-                for opt in (*param.opts, *param.secondary_opts):
-                    flags[opt] = not param.is_flag
-        return flags
-
-    def _first_unknown_flag(self, ctx: click.Context, args: Sequence[str]) -> str | None:
-        flags = self._flags(ctx)
-        skip_value = False
-        for arg in args:
-            if skip_value:
-                skip_value = False
-                continue
-            if arg == "--":
-                return None
-            name, has_value, _ = arg.partition("=")
-            if name in flags:
-                skip_value = flags[name] and not has_value
-            elif arg.startswith("-") and len(arg) > 1:
-                return name
-        return None
-
-    def _suggest(self, ctx: click.Context, unknown: str) -> list[str]:
-        by_lower: dict[str, str] = {}
-        for spelling in self._flags(ctx):
-            # The first spelling of each flag is the single-dash one SPIRE documents.
-            by_lower.setdefault(spelling.lower().lstrip("-"), spelling)
-        close = difflib.get_close_matches(unknown.lower().lstrip("-"), by_lower, n=1)
-        return [by_lower[name] for name in close]
-
-
-class SpireGroup(click.Group):
-    command_class = SpireCommand
-    group_class = type  # subgroups are SpireGroups too
-
-
-def flag(name: str, *rest: str, **kwargs: Any) -> Callable[[FC], FC]:
-    """A click option spelt ``-name`` and ``--name``, stored under ``rest[0]`` when given."""
-    return click.option(f"-{name}", f"--{name}", *rest, **kwargs)
-
-
 def socket_flag() -> Callable[[FC], FC]:
     return flag(
         "socketPath",
@@ -117,16 +61,6 @@ def socket_flag() -> Callable[[FC], FC]:
         default=DEFAULT_ADMIN_SOCKET,
         show_default=True,
         help="Path to the server's admin socket.",
-    )
-
-
-def output_flag() -> Callable[[FC], FC]:
-    return flag(
-        "output",
-        type=click.Choice(["pretty", "json"]),
-        default="pretty",
-        show_default=True,
-        help="Output format.",
     )
 
 
@@ -218,22 +152,12 @@ def _entry_message(
 
 
 def _check_socket(socket_path: Path) -> None:
-    """Fail with a useful message before grpc would fail with a generic one."""
-    try:
-        mode = socket_path.stat().st_mode
-    except FileNotFoundError:
-        raise click.ClickException(
-            f"no admin socket at {socket_path}: is herald-server running? "
-            "(point -socketPath at its admin_socket)"
-        ) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot use admin socket {socket_path}: {exc}") from None
-    if not stat.S_ISSOCK(mode):
-        raise click.ClickException(f"{socket_path} is not a socket")
-    if not os.access(socket_path, os.R_OK | os.W_OK):
-        raise click.ClickException(
-            f"permission denied on {socket_path}: run as the server's user or root"
-        )
+    check_socket(
+        socket_path,
+        what="admin socket",
+        missing_hint="is herald-server running? (point -socketPath at its admin_socket)",
+        denied_hint="run as the server's user or root",
+    )
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError, socket_path: Path, connected: bool) -> str:
@@ -287,10 +211,6 @@ def call(
 # ---------------------------------------------------------------- printing
 
 
-def _timestamp(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-
-
 def _entry_lines(entry: types_pb2.Entry) -> list[str]:
     """One entry as spire-server prints it: ``Label : value`` rows, repeated rows for lists."""
     rows: list[tuple[str, object]] = [
@@ -311,7 +231,7 @@ def _entry_lines(entry: types_pb2.Entry) -> list[str]:
     if entry.hint:
         rows.append(("Hint", entry.hint))
     if entry.created_at:
-        rows.append(("Created At", _timestamp(entry.created_at)))
+        rows.append(("Created At", timestamp(entry.created_at)))
     return [f"{label:<16} : {value}" for label, value in rows]
 
 
@@ -333,20 +253,16 @@ def entry_json(entry: types_pb2.Entry) -> dict[str, Any]:
     }
 
 
-def _print_json(doc: object) -> None:
-    click.echo(json.dumps(doc, indent=2))
-
-
 def _print_entry(entry: types_pb2.Entry, output: str) -> None:
     if output == "json":
-        _print_json(entry_json(entry))
+        print_json(entry_json(entry))
     else:
         click.echo("\n".join(_entry_lines(entry)) + "\n")
 
 
 def _print_entries(entries: Sequence[types_pb2.Entry], output: str) -> None:
     if output == "json":
-        _print_json({"entries": [entry_json(e) for e in entries]})
+        print_json({"entries": [entry_json(e) for e in entries]})
         return
     noun = "entry" if len(entries) == 1 else "entries"
     click.echo(f"Found {len(entries)} {noun}")
@@ -590,7 +506,7 @@ def token_generate(socket_path: Path, spiffe_id: str | None, ttl: str | None, ou
     request = admin_pb2.CreateJoinTokenRequest(ttl_seconds=_ttl("-ttl", ttl), spiffe_id=alias)
     created = call(socket_path, lambda stub: stub.CreateJoinToken(request))
     if output == "json":
-        _print_json(
+        print_json(
             {
                 "value": created.value,
                 "agent_id": created.agent_id,
@@ -604,7 +520,7 @@ def token_generate(socket_path: Path, spiffe_id: str | None, ttl: str | None, ou
     click.echo(f"Agent ID: {created.agent_id}", err=True)
     if created.alias_id:
         click.echo(f"Alias: {created.alias_id}", err=True)
-    click.echo(f"Expires: {_timestamp(created.expires_at)}", err=True)
+    click.echo(f"Expires: {timestamp(created.expires_at)}", err=True)
 
 
 @main.group()
@@ -626,19 +542,13 @@ def bundle_show(socket_path: Path, bundle_format: str) -> None:
     """Print the trust bundle."""
     response = call(socket_path, lambda stub: stub.GetBundle(admin_pb2.GetBundleRequest()))
     if bundle_format == "spiffe":
-        _print_json(json.loads(response.spiffe_jwks))
+        print_json(json.loads(response.spiffe_jwks))
         return
     click.echo(bundle_from_proto(response.bundle).x509_pem().decode(), nl=False)
 
 
 async def _connects(channel: grpc.aio.Channel) -> None:
-    """Return once the channel is connected; fail at the first failed attempt, not retry."""
-    state = channel.get_state(try_to_connect=True)
-    while state is not grpc.ChannelConnectivity.READY:
-        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            raise click.ClickException("the admin socket refuses connections")
-        await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
+    await connect_once(channel, "the admin socket refuses connections")
 
 
 @main.command()
