@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from herald_agent.client_cli import api, healthcheck
 from herald_core import __version__
 
 
@@ -14,3 +15,7 @@ from herald_core import __version__
 def main() -> None:
     """herald-agent: the per-node agent that serves the SPIFFE Workload API on a Unix socket,
     attests callers by kernel credentials and keeps their SVIDs rotated."""
+
+
+main.add_command(api)
+main.add_command(healthcheck)
