@@ -9,6 +9,7 @@ every other failure exits 1 with one line.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -27,8 +28,9 @@ from herald_agent.api_output import (
     x509_bundles_text,
     x509_text,
 )
+from herald_agent.endpoint import ENV_SOCKET
 from herald_agent.workload_api import NO_IDENTITY
-from herald_agent.workload_client import HEADER, WorkloadSocket, resolve_socket
+from herald_agent.workload_client import DEFAULT_SOCKET, HEADER, WorkloadSocket, resolve_socket
 from herald_core.durations import DurationError, parse_duration
 from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.spiffeid import SpiffeId, SpiffeIdError
@@ -74,8 +76,7 @@ def workload_flags(command: FC) -> FC:
         "socket_path",
         type=click.Path(path_type=Path, dir_okay=False),
         is_eager=True,
-        help="Path to the Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else "
-        "/run/herald/sockets/agent.sock].",
+        help=f"Path to the Workload API socket [default: ${ENV_SOCKET}, else {DEFAULT_SOCKET}].",
     )(command)
 
 
@@ -104,6 +105,13 @@ async def _first(call: grpc.aio.UnaryStreamCall[Any, _M], what: str) -> _M:
     raise click.ClickException(f"the agent ended the {what} stream without an answer")
 
 
+async def _first_timed(call: grpc.aio.UnaryStreamCall[Any, _M], what: str) -> tuple[_M, float]:
+    """The first message of a stream and the seconds it took, as spire-agent reports."""
+    start = time.monotonic()
+    message = await _first(call, what)
+    return message, time.monotonic() - start
+
+
 @click.group(cls=SpireGroup)
 def api() -> None:
     """Call the Workload API as a workload would (spire-agent's api commands)."""
@@ -127,12 +135,12 @@ def fetch() -> None:
 def fetch_x509(socket: WorkloadSocket, write_dir: Path | None, silent: bool, output: str) -> None:
     """Fetch this process's X509-SVIDs, with bundles."""
 
-    async def fetch_once(stub: Stub, _: grpc.aio.Channel) -> tuple[Any, float]:
-        start = time.monotonic()
-        call = stub.FetchX509SVID(
-            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=socket.timeout
-        )
-        return await _first(call, "X509-SVID"), time.monotonic() - start
+    async def fetch_once(
+        stub: Stub, _: grpc.aio.Channel
+    ) -> tuple[workload_pb2.X509SVIDResponse, float]:
+        request = workload_pb2.X509SVIDRequest()
+        call = stub.FetchX509SVID(request, metadata=HEADER, timeout=socket.timeout)
+        return await _first_timed(call, "X509-SVID")
 
     response, elapsed = socket.run(fetch_once)
     svids = parse_x509_response(response)
@@ -163,7 +171,9 @@ def fetch_jwt(socket: WorkloadSocket, audiences: list[str], spiffe_id: str, outp
     """Fetch JWT-SVIDs for the audiences, and the JWT bundles to check them with."""
     request = workload_pb2.JWTSVIDRequest(audience=audiences, spiffe_id=spiffe_id)
 
-    async def fetch_both(stub: Stub, _: grpc.aio.Channel) -> tuple[Any, Any]:
+    async def fetch_both(
+        stub: Stub, _: grpc.aio.Channel
+    ) -> tuple[workload_pb2.JWTSVIDResponse, workload_pb2.JWTBundlesResponse]:
         svids = await stub.FetchJWTSVID(request, metadata=HEADER, timeout=socket.timeout)
         bundles = stub.FetchJWTBundles(
             workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=socket.timeout
@@ -183,7 +193,7 @@ def fetch_jwt(socket: WorkloadSocket, audiences: list[str], spiffe_id: str, outp
 def fetch_jwt_bundle(socket: WorkloadSocket, output: str) -> None:
     """Fetch the JWT bundles (JWKS) of the trust domains this process may talk to."""
 
-    async def fetch_once(stub: Stub, _: grpc.aio.Channel) -> Any:
+    async def fetch_once(stub: Stub, _: grpc.aio.Channel) -> workload_pb2.JWTBundlesResponse:
         call = stub.FetchJWTBundles(
             workload_pb2.JWTBundlesRequest(), metadata=HEADER, timeout=socket.timeout
         )
@@ -202,12 +212,12 @@ def fetch_jwt_bundle(socket: WorkloadSocket, output: str) -> None:
 def fetch_x509_bundle(socket: WorkloadSocket, output: str) -> None:
     """Fetch the X.509 bundles of the trust domains this process may talk to."""
 
-    async def fetch_once(stub: Stub, _: grpc.aio.Channel) -> tuple[Any, float]:
-        start = time.monotonic()
-        call = stub.FetchX509Bundles(
-            workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=socket.timeout
-        )
-        return await _first(call, "X.509 bundle"), time.monotonic() - start
+    async def fetch_once(
+        stub: Stub, _: grpc.aio.Channel
+    ) -> tuple[workload_pb2.X509BundlesResponse, float]:
+        request = workload_pb2.X509BundlesRequest()
+        call = stub.FetchX509Bundles(request, metadata=HEADER, timeout=socket.timeout)
+        return await _first_timed(call, "X.509 bundle")
 
     response, elapsed = socket.run(fetch_once)
     if output == "json":
@@ -230,7 +240,9 @@ def validate_jwt(socket: WorkloadSocket, audience: str, svid: str, output: str) 
     """Validate a JWT-SVID against the bundles the agent holds."""
     request = workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=svid)
 
-    async def validate_once(stub: Stub, _: grpc.aio.Channel) -> Any:
+    async def validate_once(
+        stub: Stub, _: grpc.aio.Channel
+    ) -> workload_pb2.ValidateJWTSVIDResponse:
         try:
             return await stub.ValidateJWTSVID(request, metadata=HEADER, timeout=socket.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -303,7 +315,7 @@ def healthcheck(socket: WorkloadSocket, shallow: bool, verbose: bool) -> None:
     if verbose:
         click.echo("Checking agent health...")
 
-    def check(stub: Stub, channel: grpc.aio.Channel) -> Any:
+    def check(stub: Stub, channel: grpc.aio.Channel) -> Awaitable[list[str]]:
         return _check_health(stub, channel, shallow=shallow, rpc_timeout=socket.timeout)
 
     try:

@@ -14,10 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +27,25 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from herald_agent import workload_api
 from herald_agent.attestors import AttestationError
-from herald_agent.attestors.unix import UnixAttestor
-from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
 from herald_agent.rotation import Backoff
-from herald_agent.svid_manager import SvidManager
 from herald_agent.workload_api import (
     AUDIENCE_REQUIRED,
     HEADER_MISSING,
     NO_IDENTITY,
     SVID_REQUIRED,
     WIT_UNIMPLEMENTED,
-    WorkloadApiService,
 )
 from herald_core.bundle import Bundle
-from herald_core.entry import Entry
 from herald_core.jwtsvid import mint_jwt_svid
 from herald_core.keys import PrivateKey, generate_key
-from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
 from herald_core.selector import Selector, parse_selectors
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.x509svid import make_ca_certificate, parse_der_chain, verify_chain
-from herald_server.server import HeraldServer
-from tests.pyspiffe_runner import run_pyspiffe
+from tests.agent_harness import MY_UID, Agent, running_agent, socket_directory, wait_for
 from tests.server_harness import (
     TRUST_DOMAIN,
-    admin_stub,
-    attested_manager,
-    create_entry,
-    fixed_ports,
     free_port,
-    start_server,
     utcnow,
 )
 
@@ -67,92 +53,20 @@ pytestmark = pytest.mark.timeout(120)
 
 NOBODY = 65534
 SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
-MY_UID = f"unix:uid:{os.getuid()}"
 HEADER = (("workload.spiffe.io", "true"),)
 HOUR = dt.timedelta(hours=1)
 
 
-@dataclass
-class Agent:
-    server: HeraldServer
-    manager: SvidManager
-    endpoint: WorkloadEndpoint
-    service: WorkloadApiService
-    server_args: dict[str, Any]
-    tmp: Path
-
-    async def restart_server(self) -> None:
-        self.server = await start_server(self.tmp, **self.server_args)
-
-    @property
-    def agent_id(self) -> SpiffeId:
-        return self.manager.client.svid.spiffe_id
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {ENV_SOCKET: endpoint_uri(self.endpoint.public_socket)}
-
-    @property
-    def target(self) -> str:
-        return f"unix:{self.endpoint.public_socket}"
-
-    async def entry(self, path: str, selector: str = MY_UID, **fields: Any) -> Entry:
-        """Create an entry and wait until the manager holds its SVID."""
-        entry = await create_entry(
-            self.server, path, self.agent_id, selectors=(selector,), **fields
-        )
-        await wait_for(lambda: self.manager.svid(entry.id) is not None)
-        return entry
-
-    async def delete(self, entry_id: str) -> None:
-        channel, admin = admin_stub(self.server)
-        async with channel:
-            await admin.DeleteEntry(admin_pb2.DeleteEntryRequest(id=entry_id))
-
-    async def pyspiffe(self, script: str, *args: str) -> dict[str, Any]:
-        # run_pyspiffe blocks; this event loop must keep serving the agent meanwhile.
-        return await asyncio.to_thread(run_pyspiffe, script, *args, env=self.env)
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
-    # pytest's tmp_path is 0700 for root; a client of another uid must be able to reach the socket.
-    with tempfile.TemporaryDirectory(prefix="herald-wlapi-test-") as name:
-        Path(name).chmod(0o755)
-        yield Path(name)
+    with socket_directory() as path:
+        yield path
 
 
 @pytest.fixture
 async def agent(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Agent]:
-    # Fixed ports, so a restarted server is where the agent looks for it.
-    server_args = fixed_ports()
-    server = await start_server(tmp_path, **server_args)
-    manager = await attested_manager(server)
-    client = manager.client
-    callers = CallerRegistry()
-    service = WorkloadApiService(manager, callers, [UnixAttestor()])
-    endpoint = WorkloadEndpoint(
-        socket_dir / "public" / "agent.sock", service.register, callers=callers
-    )
-    await manager.start()
-    await wait_for(lambda: manager.ready)
-    await endpoint.start()
-    try:
-        agent = Agent(server, manager, endpoint, service, server_args, tmp_path)
-        yield agent
-    finally:
-        await endpoint.stop(grace=None)
-        await manager.stop()
-        await client.close()
-        await agent.server.stop()
+    async with running_agent(tmp_path, socket_dir) as running:
+        yield running
 
 
 def stub(channel: grpc.aio.Channel) -> Any:
