@@ -1,0 +1,565 @@
+"""Benchmark: herald-operator's cold start over 10,000 pods and its pod-event→entry latency.
+
+Three processes: the Kubernetes API emulator (``bench/operator_emulator.py``), a real
+``herald-operator run --standalone`` pointed at it, and this driver. The driver seeds namespaces
+(half labelled ``team: a``, half ``team: b``), nodes, pods (``tier: web`` or ``tier: worker``)
+and three ClusterSPIFFEIDs that together give every pod exactly one entry:
+
+- ``web``: ``podSelector tier=web``, any namespace;
+- ``workers-a`` / ``workers-b``: ``tier=worker`` pods in ``team=a`` / ``team=b`` namespaces.
+
+Then it measures, watching WorkloadEntry objects on the emulator:
+
+(a) cold start: from spawning the operator to the last of the pods' entries appearing;
+(b) latency: a steady stream of pod writes at ``--rate`` per second (create a ``tier=web`` pod,
+    relabel an earlier one to ``tier=worker``, delete an earlier relabelled one), each timed from
+    sending the write to the entry event it causes (created, re-sourced, gone) arriving.
+
+The baseline is measured in the same run: seeding the pods is the emulator's raw create rate for
+the same number of objects, written by this driver with ``--inflight`` requests in flight; it is
+the floor any operator pays to write one entry per pod. CPU seconds of the emulator and the
+operator are read from /proc, to show where the time goes.
+
+    .venv/bin/python bench/operator.py [--namespaces 500] [--pods 10000] [--rate 30]
+                                       [--churn-seconds 20] [--rounds 1]
+    .venv/bin/python bench/operator.py --quick      # 50 namespaces, 1,000 pods, 3 s of churn
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+HERALD = "/apis/herald.dev/v1alpha1"
+ENTRIES = f"{HERALD}/workloadentries"
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+TEMPLATE = (
+    "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
+)
+NODES = 50
+
+
+@dataclass
+class Sizes:
+    namespaces: int
+    pods: int
+    rate: float
+    churn_seconds: float
+    inflight: int
+
+
+@dataclass
+class Round:
+    seed_seconds: float = 0.0
+    ready_seconds: float = 0.0
+    cold_seconds: float = 0.0
+    emulator_cpu: float = 0.0
+    operator_cpu: float = 0.0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    lost: int = 0
+    operator_log: str = ""
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process (children it waited for included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def start_emulator() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "operator_emulator.py")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise RuntimeError("the emulator did not start")
+    return process, url
+
+
+def stop_emulator(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_operator(url: str, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    kubeconfig = workdir / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emu", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
+                "current-context": "emu",
+            }
+        )
+    )
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "herald-operator"),
+            "run",
+            "--trust-domain",
+            "bench.example",
+            "--cluster-name",
+            "bench",
+            "--standalone",
+            "--resync-seconds",
+            "0",
+            "--health-address",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_operator(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    try:
+        output = process.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output = process.communicate()[0]
+    return output.decode(errors="replace")
+
+
+# --- the objects ---------------------------------------------------------------------------------
+
+
+def namespace_name(i: int) -> str:
+    return f"ns-{i:04d}"
+
+
+def team_of(namespace_index: int) -> str:
+    return "a" if namespace_index % 2 == 0 else "b"
+
+
+def pod_object(name: str, namespace: str, tier: str, node: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"tier": tier}},
+        "spec": {
+            "nodeName": f"node-{node:03d}",
+            "serviceAccountName": "default",
+            "containers": [{"name": "app", "image": "app:1"}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def identity(
+    name: str, pod_labels: dict[str, str], namespace_labels: dict[str, str]
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "spiffeIDTemplate": TEMPLATE,
+        "podSelector": {"matchLabels": pod_labels},
+    }
+    if namespace_labels:
+        spec["namespaceSelector"] = {"matchLabels": namespace_labels}
+    return {
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "ClusterSPIFFEID",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+IDENTITIES = (
+    identity("web", {"tier": "web"}, {}),
+    identity("workers-a", {"tier": "worker"}, {"team": "a"}),
+    identity("workers-b", {"tier": "worker"}, {"team": "b"}),
+)
+
+
+class Api:
+    """The few HTTP calls the driver makes to the emulator."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.url + path, json=obj) as response:
+            body: dict[str, Any] = await response.json()
+            if response.status != 201:
+                raise RuntimeError(f"POST {path}: {response.status} {body.get('message')}")
+            return body
+
+    async def patch(self, path: str, patch: dict[str, Any]) -> None:
+        data = json.dumps(patch)
+        async with self.session.patch(self.url + path, data=data, headers=MERGE_PATCH) as response:
+            if response.status != 200:
+                raise RuntimeError(f"PATCH {path}: {response.status} {await response.text()}")
+
+    async def delete(self, path: str) -> None:
+        async with self.session.delete(self.url + path) as response:
+            if response.status != 200:
+                raise RuntimeError(f"DELETE {path}: {response.status} {await response.text()}")
+
+    async def resource_version(self, path: str) -> str:
+        async with self.session.get(self.url + path) as response:
+            body = await response.json()
+            return str(body["metadata"]["resourceVersion"])
+
+
+async def bounded(calls: list[Callable[[], Any]], inflight: int) -> None:
+    """Run the calls with at most ``inflight`` at a time."""
+    queue = iter(calls)
+
+    async def worker() -> None:
+        for call in queue:
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+
+
+async def seed(api: Api, sizes: Sizes) -> float:
+    """Namespaces, nodes, identities, then the pods; returns the seconds the pods took."""
+    await bounded(
+        [
+            lambda i=i: api.create(
+                "/api/v1/namespaces",
+                {"metadata": {"name": namespace_name(i), "labels": {"team": team_of(i)}}},
+            )
+            for i in range(sizes.namespaces)
+        ]
+        + [
+            lambda i=i: api.create("/api/v1/nodes", {"metadata": {"name": f"node-{i:03d}"}})
+            for i in range(NODES)
+        ],
+        sizes.inflight,
+    )
+    for obj in IDENTITIES:
+        await api.create(f"{HERALD}/clusterspiffeids", obj)
+    calls = []
+    for i in range(sizes.pods):
+        namespace = namespace_name(i % sizes.namespaces)
+        pod = pod_object(f"pod-{i:05d}", namespace, "web" if i % 3 == 0 else "worker", i % NODES)
+        calls.append(lambda ns=namespace, p=pod: api.create(f"/api/v1/namespaces/{ns}/pods", p))
+    started = time.perf_counter()
+    await bounded(calls, sizes.inflight)
+    return time.perf_counter() - started
+
+
+# --- watching entries ----------------------------------------------------------------------------
+
+Expectation = Callable[[str, dict[str, Any]], bool]
+
+
+class EntryWatch:
+    """Streams WorkloadEntry events; counts the live entries, resolves what the churn awaits."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.live: set[tuple[str, str]] = set()
+        self.changed = asyncio.Event()
+        self.waiters: list[tuple[Expectation, asyncio.Future[float]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        since = await self.api.resource_version(ENTRIES)
+        self._task = asyncio.create_task(self._stream(since))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _stream(self, since: str) -> None:
+        url = f"{self.api.url}{ENTRIES}?watch=true&resourceVersion={since}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self.api.session.get(url, timeout=timeout) as response:
+            async for line in response.content:
+                if line.strip():
+                    self._event(json.loads(line))
+
+    def _event(self, event: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        kind, obj = event["type"], event["object"]
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind == "DELETED":
+            self.live.discard(key)
+        else:
+            self.live.add(key)
+        self.changed.set()
+        self.changed = asyncio.Event()
+        still = []
+        for expected, future in self.waiters:
+            if not future.done() and expected(kind, obj):
+                future.set_result(now)
+            elif not future.done():
+                still.append((expected, future))
+        self.waiters = still
+
+    def expect(self, expected: Expectation) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters.append((expected, future))
+        return future
+
+    async def wait_count(self, count: int) -> None:
+        while len(self.live) < count:
+            await self.changed.wait()
+
+
+def entry_for(pod: str, source: str | None) -> Callable[[str, dict[str, Any]], bool]:
+    """An ADDED/MODIFIED entry of ``pod`` from identity ``source``, or (None) the entry gone."""
+
+    def matches(kind: str, obj: dict[str, Any]) -> bool:
+        labels = obj["metadata"].get("labels") or {}
+        if labels.get("herald.dev/pod") != pod:
+            return False
+        if source is None:
+            return kind == "DELETED"
+        return kind != "DELETED" and labels.get("herald.dev/source-name") == source
+
+    return matches
+
+
+# --- the phases ----------------------------------------------------------------------------------
+
+
+async def wait_ready(session: aiohttp.ClientSession, port: int, started: float) -> float:
+    while True:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/ready") as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+
+
+async def churn(api: Api, watch: EntryWatch, sizes: Sizes) -> tuple[dict[str, list[float]], int]:
+    """Pod writes at ``sizes.rate``/s; seconds from each write to its entry event, by write."""
+    latencies: dict[str, list[float]] = {"create": [], "relabel": [], "delete": []}
+    created: list[tuple[str, str, int]] = []  # name, namespace, namespace index
+    relabelled: list[tuple[str, str]] = []
+    pending: list[asyncio.Task[None]] = []
+    numbers = itertools.count()
+
+    async def timed(op: str, write: Callable[[], Any], expected: Expectation) -> None:
+        future = watch.expect(expected)
+        sent = time.perf_counter()
+        await write()
+        try:
+            seen = await asyncio.wait_for(future, 10.0)
+        except TimeoutError:
+            return
+        latencies[op].append(seen - sent)
+
+    def create() -> None:
+        n = next(numbers)
+        index = n % sizes.namespaces
+        name, namespace = f"churn-{n:06d}", namespace_name(index)
+        created.append((name, namespace, index))
+        obj = pod_object(name, namespace, "web", n % NODES)
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        pending.append(
+            asyncio.create_task(
+                timed("create", lambda: api.create(path, obj), entry_for(name, "web"))
+            )
+        )
+
+    def relabel() -> None:
+        name, namespace, index = created.pop(0)
+        relabelled.append((name, namespace))
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        patch = {"metadata": {"labels": {"tier": "worker"}}}
+        source = f"workers-{team_of(index)}"
+        pending.append(
+            asyncio.create_task(
+                timed("relabel", lambda: api.patch(path, patch), entry_for(name, source))
+            )
+        )
+
+    def delete() -> None:
+        name, namespace = relabelled.pop(0)
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        pending.append(
+            asyncio.create_task(timed("delete", lambda: api.delete(path), entry_for(name, None)))
+        )
+
+    # A pod is relabelled about a second after its creation, deleted a second after that.
+    lag = max(3, int(sizes.rate / 3))
+    started = time.perf_counter()
+    for tick in range(int(sizes.rate * sizes.churn_seconds)):
+        await asyncio.sleep(max(0.0, started + tick / sizes.rate - time.perf_counter()))
+        step = tick % 3
+        if step == 1 and len(created) > lag:
+            relabel()
+        elif step == 2 and len(relabelled) > lag:
+            delete()
+        else:
+            create()
+    await asyncio.gather(*pending)
+    done = sum(len(values) for values in latencies.values())
+    return latencies, len(pending) - done
+
+
+async def run_round(sizes: Sizes) -> Round:
+    result = Round()
+    emulator, url = start_emulator()
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        connector = aiohttp.TCPConnector(limit=sizes.inflight + 8)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            api = Api(session, url)
+            result.seed_seconds = await seed(api, sizes)
+            watch = EntryWatch(api)
+            await watch.start()
+            with tempfile.TemporaryDirectory(prefix="herald-bench-") as workdir:
+                port = free_port()
+                emulator_cpu = cpu_seconds(emulator.pid)
+                started = time.perf_counter()
+                operator = start_operator(url, Path(workdir), port)
+                ready = asyncio.create_task(wait_ready(session, port, started))
+                try:
+                    async with asyncio.timeout(900):
+                        await watch.wait_count(sizes.pods)
+                except TimeoutError:
+                    raise RuntimeError(f"{len(watch.live)} of {sizes.pods} entries") from None
+                result.cold_seconds = time.perf_counter() - started
+                result.ready_seconds = await ready
+                result.operator_cpu = cpu_seconds(operator.pid)
+                result.emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
+                result.latencies, result.lost = await churn(api, watch, sizes)
+                await watch.stop()
+                result.operator_log = stop_operator(operator)
+                operator = None
+    finally:
+        if operator is not None:
+            sys.stderr.write(stop_operator(operator)[-5000:])
+        stop_emulator(emulator)
+    return result
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(sizes: Sizes, rounds: list[Round]) -> None:
+    print(
+        f"\n{sizes.pods:,} pods in {sizes.namespaces} namespaces, {NODES} nodes, "
+        f"3 ClusterSPIFFEIDs; churn {sizes.rate:g} writes/s for {sizes.churn_seconds:g} s"
+    )
+    print(
+        "| round | baseline: pods created/s | cold start s | entries/s | entries/s ÷ baseline "
+        "| /ready s | operator CPU s | emulator CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for number, r in enumerate(rounds, 1):
+        base = sizes.pods / r.seed_seconds
+        rate = sizes.pods / r.cold_seconds
+        rows.append(
+            (
+                base,
+                r.cold_seconds,
+                rate,
+                rate / base,
+                r.ready_seconds,
+                r.operator_cpu,
+                r.emulator_cpu,
+            )
+        )
+        print(
+            f"| {number} | {base:,.0f} | {r.cold_seconds:.1f} | {rate:,.0f} | {rate / base:.1%} "
+            f"| {r.ready_seconds:.1f} | {r.operator_cpu:.1f} | {r.emulator_cpu:.1f} |"
+        )
+    m = [statistics.median(column) for column in zip(*rows, strict=True)]
+    print(
+        f"| **median** | **{m[0]:,.0f}** | **{m[1]:.1f}** | **{m[2]:,.0f}** | **{m[3]:.1%}** "
+        f"| **{m[4]:.1f}** | **{m[5]:.1f}** | **{m[6]:.1f}** |"
+    )
+    print("\n| write → entry event | count | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    everything: list[float] = []
+    for op in ("create", "relabel", "delete"):
+        values = [v for r in rounds for v in r.latencies.get(op, [])]
+        everything += values
+        top = max(values, default=float("nan"))
+        print(
+            f"| {op} | {len(values)} | {percentile(values, 0.5) * 1e3:.1f} "
+            f"| {percentile(values, 0.99) * 1e3:.1f} | {top * 1e3:.1f} |"
+        )
+    print(
+        f"| **all** | **{len(everything)}** | **{percentile(everything, 0.5) * 1e3:.1f}** "
+        f"| **{percentile(everything, 0.99) * 1e3:.1f}** "
+        f"| **{max(everything, default=float('nan')) * 1e3:.1f}** |"
+    )
+    lost = sum(r.lost for r in rounds)
+    if lost:
+        print(f"\n{lost} writes saw no entry event within 10 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--namespaces", type=int, default=500)
+    parser.add_argument("--pods", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=30.0, help="churn writes per second")
+    parser.add_argument("--churn-seconds", type=float, default=20.0)
+    parser.add_argument("--inflight", type=int, default=8, help="driver requests in flight")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="50 namespaces, 1,000 pods, 3 s")
+    args = parser.parse_args()
+    if args.quick:
+        args.namespaces, args.pods, args.churn_seconds = 50, 1_000, 3.0
+    sizes = Sizes(args.namespaces, args.pods, args.rate, args.churn_seconds, args.inflight)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        print(f"round {number}/{args.rounds} ...", flush=True)
+        rounds.append(asyncio.run(run_round(sizes)))
+    report(sizes, rounds)
+
+
+if __name__ == "__main__":
+    main()
