@@ -8,7 +8,8 @@ or service-account token to anyone able to intercept the connection.
 After attesting, the agent talks to the agent port over mTLS with its agent SVID as client
 certificate and the attested trust bundle as roots. grpcio fixes a channel's credentials when the
 channel is made, so a renewed SVID (or a changed bundle) gets a new channel; the old one is
-closed with a grace period so calls already in flight on it can finish.
+closed with a grace period so calls already in flight on it can finish. An agent whose SVID
+expired attests again and the client `adopt`s the result the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -191,8 +192,14 @@ async def attest_k8s_psat(
     return await _attest(address, trust_roots, server_name, request, clock)
 
 
+UpdateListener = Callable[[Attested], None]
+
+
 class ServerClient:
-    """The attested agent's connection to the agent port, following SVID and bundle changes."""
+    """The attested agent's connection to the agent port, following SVID and bundle changes.
+
+    ``on_update`` is told of every new agent SVID or bundle (to persist them, say).
+    """
 
     def __init__(
         self,
@@ -201,12 +208,14 @@ class ServerClient:
         server_name: str | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        on_update: UpdateListener | None = None,
     ) -> None:
         self.address = address
         self.server_name = server_name
         self.clock = clock
         self.svid = attested.svid
         self.bundle = attested.bundle
+        self._on_update = on_update
         self.renewals = 0
         # Counts channel replacements, so a stream cut by one is told apart from a failure.
         self.channel_generation = 0
@@ -238,6 +247,24 @@ class ServerClient:
         self.bundle = bundle
         if changed:
             self._replace_channel()
+        self._updated()
+
+    def adopt(self, attested: Attested) -> None:
+        """Take the SVID and bundle of a new attestation; later calls use a new channel."""
+        if attested.svid.spiffe_id != self.svid.spiffe_id:
+            log.warning(
+                "attested again under a new agent ID: old=%s new=%s",
+                self.svid.spiffe_id,
+                attested.svid.spiffe_id,
+            )
+        self.svid = attested.svid
+        self.bundle = attested.bundle
+        self._replace_channel()
+        self._updated()
+
+    def _updated(self) -> None:
+        if self._on_update is not None:
+            self._on_update(Attested(self.svid, self.bundle))
 
     async def renew(self) -> AgentSvid:
         """RenewAgent with a fresh key; later calls use a channel with the new certificate."""
@@ -253,6 +280,7 @@ class ServerClient:
         self.svid = svid
         self.renewals += 1
         self._replace_channel()
+        self._updated()
         log.info("agent SVID renewed: agent_id=%s expires_at=%s", svid.spiffe_id, svid.expires_at)
         return svid
 

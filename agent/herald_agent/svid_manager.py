@@ -7,11 +7,14 @@ SvidManager runs three loops on the event loop:
 - mint: a fresh EC P-256 key per entry (generated with its CSR in a worker thread), CSRs sent in
   batches of at most ``max_batch`` via BatchSignX509SVID, each SVID rotated at half its life
   ±10%, each failed entry retried on its own backoff while its still-valid SVID keeps serving;
-- agent renewal: RenewAgent before the agent SVID passes half its life.
+- agent renewal: RenewAgent before the agent SVID passes half its life; once it has expired
+  (the server was away longer than its lifetime) mTLS cannot renew it, so the agent attests
+  again through ``reattest`` if it can (k8s_psat), and otherwise says so and stays not ready
+  while still-valid workload SVIDs keep serving (a join token works once).
 
 The Workload API reads it through ``identities_for`` (an EntryIndex lookup, not a scan),
 ``fetch_jwt`` (a bounded LRU of JWT-SVIDs per SPIFFE ID and audience set) and ``subscribe``
-(a coalesced wake-up on any SVID, entry or bundle change).
+(a coalesced wake-up on any SVID, entry or bundle change; ``generation`` counts them).
 
 Single-threaded by design: only the event loop's thread touches the state.
 """
@@ -25,14 +28,19 @@ import functools
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import grpc
 
 from herald_agent.rotation import Backoff, random_jitter, rotation_time
-from herald_agent.server_client import RPC_TIMEOUT_SECONDS, ServerClient, ServerClientError
+from herald_agent.server_client import (
+    RPC_TIMEOUT_SECONDS,
+    Attested,
+    ServerClient,
+    ServerClientError,
+)
 from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
 from herald_core.csr import make_csr
@@ -52,6 +60,12 @@ JWT_CACHE_SIZE: Final = 1000
 _OK: Final = grpc.StatusCode.OK.value[0]
 # An upper bound on how long the mint loop sleeps, so a clock that jumps is noticed.
 _MAX_IDLE_SECONDS: Final = 30.0
+
+# Attests the node again from scratch (the k8s_psat token is re-read each time).
+Reattest = Callable[[], Awaitable[Attested]]
+RotationKind = Literal["workload", "agent"]
+# Told of each scheduled renewal: its kind and how many seconds past its planned time it came.
+RotationHook = Callable[[RotationKind, float], None]
 
 
 class SvidManagerError(Exception):
@@ -161,6 +175,8 @@ class SvidManager:
         backoff_cap: float = 60.0,
         jwt_cache_size: int = JWT_CACHE_SIZE,
         rng: random.Random | None = None,
+        reattest: Reattest | None = None,
+        on_rotation: RotationHook | None = None,
     ) -> None:
         if max_batch < 1 or jwt_cache_size < 1:
             raise ValueError("max_batch and jwt_cache_size must be at least 1")
@@ -171,6 +187,9 @@ class SvidManager:
         self.counters = Counters()
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
+        self._reattest = reattest
+        self._on_rotation = on_rotation
+        self._stuck_logged = False
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._index = EntryIndex()
         self._held: dict[str, _Held] = {}
@@ -180,6 +199,8 @@ class SvidManager:
         self._jwt: OrderedDict[str, _Jwt] = OrderedDict()
         self._jwt_inflight: dict[str, asyncio.Task[_Jwt]] = {}
         self._subscribers: set[Subscription] = set()
+        self.generation = 0
+        """Counts wake-ups: what readers see changes only with it (or as an SVID expires)."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -242,6 +263,7 @@ class SvidManager:
         return subscription
 
     def _changed(self) -> None:
+        self.generation += 1
         for subscription in self._subscribers:
             subscription._notify()
 
@@ -518,9 +540,13 @@ class SvidManager:
             self._failed(entry.id)
             return False
         # Counted from receipt: the server backdates notBefore, which would rotate early.
-        start = max(signed.leaf.not_valid_before_utc, self.clock.now())
+        now = self.clock.now()
+        start = max(signed.leaf.not_valid_before_utc, now)
         rotate_at = rotation_time(start, signed.expires_at, random_jitter(self._rng))
-        rotated = entry.id in self._held
+        previous = self._held.get(entry.id)
+        rotated = previous is not None
+        if previous is not None and now >= previous.rotate_at and self._on_rotation is not None:
+            self._on_rotation("workload", (now - previous.rotate_at).total_seconds())
         self._held[entry.id] = _Held(signed, _spec(entry), rotate_at)
         self._retry.pop(entry.id, None)
         self.counters.svids_minted += 1
@@ -542,7 +568,12 @@ class SvidManager:
     async def _renew_loop(self) -> None:
         backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
         while True:
-            wait = (self.client.svid.renew_at - self.clock.now()).total_seconds()
+            svid = self.client.svid
+            now = self.clock.now()
+            if now >= svid.expires_at:
+                await self._recover_expired(backoff)
+                continue
+            wait = (svid.renew_at - now).total_seconds()
             if wait > 0:
                 await asyncio.sleep(min(wait, _MAX_IDLE_SECONDS))
                 continue
@@ -550,7 +581,39 @@ class SvidManager:
                 await self.client.renew()
             except (grpc.aio.AioRpcError, ServerClientError) as exc:
                 log.warning("agent SVID renewal failed, retrying: %s", exc)
-                await asyncio.sleep(backoff.next_delay())
+                # Not past expiry: from then on only a new attestation helps.
+                left = (svid.expires_at - self.clock.now()).total_seconds()
+                await asyncio.sleep(min(backoff.next_delay(), max(left, 0.0)))
                 continue
             backoff.reset()
             self.counters.agent_renewals += 1
+            if self._on_rotation is not None:
+                self._on_rotation("agent", (self.clock.now() - svid.renew_at).total_seconds())
+
+    async def _recover_expired(self, backoff: Backoff) -> None:
+        """The agent SVID expired: attest again if the node attestor allows it, else wait."""
+        expired_at = self.client.svid.expires_at
+        if self._reattest is None:
+            if not self._stuck_logged:
+                self._stuck_logged = True
+                log.error(
+                    "agent SVID expired at %s and cannot be renewed, and this node attestor "
+                    "cannot attest again (a join token works once): restart the agent with a "
+                    "new join token; still-valid workload SVIDs keep being served",
+                    expired_at.isoformat(),
+                )
+            await asyncio.sleep(_MAX_IDLE_SECONDS)
+            return
+        log.warning("agent SVID expired at %s; attesting the node again", expired_at.isoformat())
+        try:
+            attested = await self._reattest()
+        except (grpc.aio.AioRpcError, ServerClientError) as exc:
+            log.warning("node re-attestation failed, retrying: %s", exc)
+            await asyncio.sleep(backoff.next_delay())
+            return
+        backoff.reset()
+        self.client.adopt(attested)
+        if attested.bundle != self._bundle:
+            self._bundle = attested.bundle
+            self._changed()
+        self._wake.set()  # the mint loop looks again now that it can be served
