@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import click
 
 from herald_agent.client_cli import api, healthcheck
 from herald_core import __version__
+from herald_core.health import HealthServerError
+from herald_core.logs import setup_logging
+from herald_core.spirecli import SpireCommand, flag
 
 
 @click.group(
@@ -19,3 +25,64 @@ def main() -> None:
 
 main.add_command(api)
 main.add_command(healthcheck)
+
+
+class _ConfigProblem(click.ClickException):
+    """A configuration the agent will not run with: exit code 2, like a bad flag."""
+
+    exit_code = 2
+
+
+@main.command(cls=SpireCommand)
+@flag(
+    "config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="YAML configuration file (docs/agent.md lists every field).",
+)
+@flag("trustDomain", "trust_domain", help="Trust domain; overrides trust_domain.")
+@flag("serverAddress", "server_address", help="Server's agent API host:port.")
+@flag(
+    "trustBundle",
+    "trust_bundle_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PEM file of the server's CA; overrides trust_bundle_path.",
+)
+@flag("joinToken", "join_token", help="Join token; overrides node_attestor.join_token.token.")
+@flag(
+    "socketPath",
+    "socket_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Workload API socket; overrides socket_path.",
+)
+@flag(
+    "dataDir",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Data directory; overrides data_dir.",
+)
+@flag("logLevel", "log_level", help="debug, info, warn or error; overrides log_level.")
+@flag("logFormat", "log_format", help="text or json; overrides log_format.")
+def run(config_path: Path | None, join_token: str | None, **overrides: object) -> None:
+    """Run the agent until SIGTERM or Ctrl-C."""
+    # Imported here so that the client commands start without loading the agent's engine.
+    from herald_agent.agent import AgentError
+    from herald_agent.agent import run as run_agent
+    from herald_agent.config import ConfigError, load_config
+    from herald_agent.endpoint import EndpointError
+
+    overrides["node_attestor.join_token.token"] = join_token
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise _ConfigProblem(str(exc)) from None
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(run_agent(config))
+    except ConfigError as exc:
+        raise _ConfigProblem(str(exc)) from None
+    except (AgentError, EndpointError, HealthServerError) as exc:
+        # Startup failures the operator can fix; anything else is a bug and keeps its traceback.
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

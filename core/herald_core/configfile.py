@@ -65,6 +65,10 @@ class Section:
     def has(self, name: str) -> bool:
         return self._raw.get(name) is not None
 
+    def present(self, name: str) -> bool:
+        """The field is written, even with no value (``unix:`` switches on an attestor)."""
+        return name in self._raw
+
     def _take(self, name: str) -> Any:
         return self._raw.get(name)
 

@@ -1,0 +1,380 @@
+"""``herald-agent run`` as a real subprocess against a real herald-server in this process: probes,
+the Workload API on its socket, Prometheus series, SIGTERM, restart from ``data_dir``, bad
+configuration, and what happens once the agent SVID expires while the server is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from herald_agent.server_client import Attested, attest_join_token
+from herald_agent.svid_manager import SvidManager
+from herald_agent.svid_store import STATE_FILE
+from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
+from herald_core.spiffeid import SpiffeId
+from herald_core.x509svid import parse_der_chain
+from herald_server.server import HeraldServer
+from tests.server_harness import (
+    SERVER_NAME,
+    attested_manager,
+    create_entry,
+    fixed_ports,
+    free_port,
+    join_token,
+    start_server,
+    utcnow,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+HERALD_AGENT = str(Path(sys.executable).with_name("herald-agent"))
+HEADER = (("workload.spiffe.io", "true"),)
+MY_UID = f"unix:uid:{os.getuid()}"
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not await predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class AgentProcess:
+    """One ``herald-agent run`` subprocess and what a test asks of it."""
+
+    config_path: Path
+    socket_path: Path
+    data_dir: Path
+    health_port: int
+    process: subprocess.Popen[bytes] | None = None
+    session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [HERALD_AGENT, "run", "-config", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    async def get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            async with self.session.get(url) as response:
+                return response.status, await response.text()
+        except aiohttp.ClientConnectionError:
+            return 0, ""
+
+    async def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+            pytest.fail(f"herald-agent exited {self.process.returncode}: {stderr}")
+        status, _ = await self.get("/ready")
+        return status == 200
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, text = await self.get("/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def stop(self) -> tuple[int, str]:
+        """SIGTERM; the exit code and stderr."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.process.wait, 15)
+        stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+        self.process = None
+        return code, stderr
+
+    def agent_id(self) -> SpiffeId:
+        stored = json.loads((self.data_dir / STATE_FILE).read_text())
+        return SpiffeId.parse(stored["spiffe_id"])
+
+    def workload_stub(self) -> tuple[grpc.aio.Channel, Any]:
+        channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+        return channel, workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+
+    async def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        await self.session.close()
+
+
+def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), -1.0)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="herald-run-test-") as name:
+        yield Path(name)
+
+
+def write_config(tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any) -> AgentProcess:
+    bundle = tmp / "bundle.pem"
+    bundle.write_bytes(server.ca.bundle().x509_pem())
+    health_port = free_port()
+    doc: dict[str, Any] = {
+        "trust_domain": "example.org",
+        "server_address": f"127.0.0.1:{server.agent_port}",
+        "attestation_address": f"127.0.0.1:{server.attestation_port}",
+        "server_name": SERVER_NAME,
+        "trust_bundle_path": "bundle.pem",
+        "socket_path": str(socket_dir / "agent.sock"),
+        "data_dir": "agent-data",
+        "health_address": f"127.0.0.1:{health_port}",
+        "log_level": "debug",
+    }
+    doc.update(extra)
+    path = tmp / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return AgentProcess(path, socket_dir / "agent.sock", tmp / "agent-data", health_port)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[HeraldServer]:
+    server = await start_server(tmp_path / "server")
+    yield server
+    await server.stop()
+
+
+async def fetch_x509(agent: AgentProcess) -> workload_pb2.X509SVIDResponse:
+    channel, stub = agent.workload_stub()
+    async with channel:
+        call = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10)
+        response: workload_pb2.X509SVIDResponse = await call.read()
+        call.cancel()
+    return response
+
+
+async def test_run_serves_counts_stops_and_restarts_from_data_dir(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    agent = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": await join_token(server)}},
+    )
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        assert (await agent.get("/live"))[0] == 200
+        assert (agent.data_dir.stat().st_mode & 0o777) == 0o700
+        assert ((agent.data_dir / STATE_FILE).stat().st_mode & 0o777) == 0o600
+        entry = await create_entry(server, "/run/web", agent.agent_id(), selectors=(MY_UID,))
+
+        channel, stub = agent.workload_stub()
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER)
+            first = await stream.read()
+            assert first.svids[0].spiffe_id == str(entry.spiffe_id)
+            samples = await agent.metrics()
+            assert metric(samples, "herald_agent_workload_api_streams_open") == 1
+            assert metric(samples, "herald_agent_svids") == 1
+            assert metric(samples, "herald_agent_ready") == 1
+            stream.cancel()
+
+        async def stream_counted() -> bool:
+            samples = await agent.metrics()
+            return (
+                metric(samples, "herald_agent_workload_api_streams_open") == 0
+                and metric(
+                    samples,
+                    "herald_agent_workload_api_calls_total",
+                    rpc="FetchX509SVID",
+                    code="CANCELLED",
+                )
+                == 1
+            )
+
+        await wait_for(stream_counted)
+        samples = await agent.metrics()
+        assert (
+            metric(
+                samples,
+                "herald_agent_workload_api_calls_total",
+                rpc="FetchJWTSVID",
+                code="INVALID_ARGUMENT",
+            )
+            == 1
+        )
+        assert (
+            metric(samples, "herald_agent_workload_api_calls_total", rpc="FetchJWTSVID", code="OK")
+            == 0
+        )
+        assert (
+            metric(
+                samples,
+                "herald_agent_node_attestations_total",
+                method="join_token",
+                result="ok",
+            )
+            == 1
+        )
+        assert (
+            metric(
+                samples,
+                "herald_agent_workload_attestations_total",
+                attestor="unix",
+                result="ok",
+            )
+            == 1
+        )
+        assert metric(samples, "herald_agent_rotation_lag_seconds_count", kind="workload") == 0
+
+        code, stderr = await agent.stop()
+        assert code == 0, stderr
+        assert not agent.socket_path.exists()
+        assert "herald-agent stopping" in stderr
+
+        # The join token is spent: only the stored SVID can bring the agent back.
+        agent.start()
+        await wait_for(agent.ready)
+        response = await fetch_x509(agent)
+        assert response.svids[0].spiffe_id == str(entry.spiffe_id)
+        samples = await agent.metrics()
+        assert (
+            metric(
+                samples, "herald_agent_node_attestations_total", method="join_token", result="ok"
+            )
+            == 0
+        )
+        code, stderr = await agent.stop()
+        assert code == 0, stderr
+        assert "reusing the stored agent SVID" in stderr
+    finally:
+        await agent.close()
+
+
+async def test_unusable_trust_bundle_exits_2_naming_the_field(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    agent = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": "unused"}},
+        trust_bundle_path="missing.pem",
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [HERALD_AGENT, "run", "--config", str(agent.config_path)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Error: trust_bundle_path: trust bundle" in result.stderr.decode()
+    assert not agent.socket_path.exists()
+
+
+async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_serving(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    server = await start_server(tmp_path / "server", ca={"agent_svid_ttl": "2s"}, **fixed_ports())
+    agent = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": await join_token(server)}},
+    )
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        entry = await create_entry(
+            server, "/run/db", agent.agent_id(), selectors=(MY_UID,), x509_svid_ttl=3600
+        )
+        await fetch_x509(agent)
+
+        async def agent_svid_renewed() -> bool:
+            samples = await agent.metrics()
+            return (
+                metric(samples, "herald_agent_agent_svid_renewals_total") >= 1
+                and metric(samples, "herald_agent_rotation_lag_seconds_count", kind="agent") >= 1
+            )
+
+        await wait_for(agent_svid_renewed)
+        await server.stop()
+
+        async def not_ready() -> bool:
+            status, body = await agent.get("/ready")
+            return status == 503 and "join token" in body
+
+        await wait_for(not_ready)
+        response = await fetch_x509(agent)
+        leaf = parse_der_chain(response.svids[0].x509_svid)[0]
+        assert response.svids[0].spiffe_id == str(entry.spiffe_id)
+        assert leaf.not_valid_after_utc > utcnow()
+        code, stderr = await agent.stop()
+        assert code == 0
+        assert "restart the agent with a new join token" in stderr
+    finally:
+        await agent.close()
+        await server.stop()
+
+
+async def test_manager_attests_again_once_its_svid_expired(tmp_path: Path) -> None:
+    ports = fixed_ports()
+    server = await start_server(tmp_path, ca={"agent_svid_ttl": "2s"}, **ports)
+    manager = await attested_manager(server)
+    reattested: list[Attested] = []
+
+    async def reattest() -> Attested:
+        attested = await attest_join_token(
+            f"127.0.0.1:{server.attestation_port}",
+            await join_token(server),
+            server.ca.bundle().x509_authorities,
+            SERVER_NAME,
+        )
+        reattested.append(attested)
+        return attested
+
+    manager = SvidManager(manager.client, backoff_base=0.05, backoff_cap=0.2, reattest=reattest)
+    await manager.start()
+    try:
+        await server.stop()
+        first = manager.client.svid
+
+        async def expired() -> bool:
+            return not manager.ready
+
+        async def attested_again() -> bool:
+            return bool(reattested) and manager.ready
+
+        await wait_for(expired)
+        server = await start_server(tmp_path, ca={"agent_svid_ttl": "2s"}, **ports)
+        await wait_for(attested_again)
+        assert manager.client.svid is not first
+        assert manager.client.svid.expires_at > utcnow()
+    finally:
+        await manager.stop()
+        await manager.client.close()
+        await server.stop()
