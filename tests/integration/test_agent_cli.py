@@ -288,3 +288,12 @@ def test_an_unusable_endpoint_variable_is_named(address: str) -> None:
     result = CliRunner().invoke(api, ["fetch", "x509"], env={ENV_SOCKET: address})
     assert result.exit_code == 2, result.output
     assert f"Error: SPIFFE_ENDPOINT_SOCKET: {address!r}" in result.output
+
+
+@pytest.mark.parametrize(
+    "address", ["unix:///nonexistent/agent.sock", "unix:/nonexistent/agent.sock"]
+)
+def test_both_unix_address_forms_name_the_socket(address: str) -> None:
+    result = CliRunner().invoke(api, ["fetch", "x509"], env={ENV_SOCKET: address})
+    assert result.exit_code == 1, result.output
+    assert "Error: no Workload API socket at /nonexistent/agent.sock: " in result.output
