@@ -28,9 +28,10 @@ from herald_agent.api_output import (
     x509_bundles_text,
     x509_text,
 )
+from herald_agent.config import DEFAULT_SOCKET_PATH
 from herald_agent.endpoint import ENV_SOCKET
 from herald_agent.workload_api import NO_IDENTITY
-from herald_agent.workload_client import DEFAULT_SOCKET, HEADER, WorkloadSocket, resolve_socket
+from herald_agent.workload_client import HEADER, WorkloadSocket, resolve_socket
 from herald_core.durations import DurationError, parse_duration
 from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.spiffeid import SpiffeId, SpiffeIdError
@@ -76,7 +77,7 @@ def workload_flags(command: FC) -> FC:
         "socket_path",
         type=click.Path(path_type=Path, dir_okay=False),
         is_eager=True,
-        help=f"Path to the Workload API socket [default: ${ENV_SOCKET}, else {DEFAULT_SOCKET}].",
+        help=f"The Workload API socket [default: ${ENV_SOCKET}, else {DEFAULT_SOCKET_PATH}].",
     )(command)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import click
 import grpc
 
+from herald_agent.config import DEFAULT_SOCKET_PATH
 from herald_agent.endpoint import ENV_SOCKET
 from herald_agent.workload_api import SECURITY_HEADER, SECURITY_HEADER_VALUE
 from herald_core.proto.spiffe.workload import workload_pb2_grpc
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
         SpiffeWorkloadAPIAsyncStub as Stub,
     )
 
-DEFAULT_SOCKET: Final = Path("/run/herald/sockets/agent.sock")
 HEADER: Final = ((SECURITY_HEADER, SECURITY_HEADER_VALUE),)
 _UNIX_PREFIXES: Final = ("unix://", "unix:")
 _T = TypeVar("_T")
@@ -58,7 +58,7 @@ def resolve_socket(flag_value: Path | None) -> Path:
     if flag_value is not None:
         return flag_value
     address = os.environ.get(ENV_SOCKET)
-    return socket_from_address(address) if address else DEFAULT_SOCKET
+    return socket_from_address(address) if address else DEFAULT_SOCKET_PATH
 
 
 @dataclass(frozen=True)
