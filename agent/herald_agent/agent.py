@@ -123,8 +123,9 @@ class HeraldAgent:
             on_rotation=self.metrics.rotated,
         )
         await self.manager.start()
-        self._endpoint = self._make_endpoint(self.manager)
-        await self._endpoint.start()
+        endpoint = self._make_endpoint(self.manager)
+        await endpoint.start()
+        self._endpoint = endpoint  # only now does /ready say so
         log_event(
             _log,
             "info",
