@@ -1,6 +1,8 @@
 """``herald-agent run`` as a real subprocess against a real herald-server in this process: probes,
 the Workload API on its socket, Prometheus series, SIGTERM, restart from ``data_dir``, bad
-configuration, and what happens once the agent SVID expires while the server is away.
+configuration, and what happens once the agent SVID expires while the server is away (a
+join-token agent stays not ready; a k8s_psat agent, run in this process against the Kubernetes
+API emulator, reads its rotated token and attests again).
 """
 
 from __future__ import annotations
@@ -24,16 +26,24 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from herald_agent.server_client import Attested, attest_join_token
-from herald_agent.svid_manager import SvidManager
+from herald_agent.agent import HeraldAgent
+from herald_agent.config import config_from_mapping as agent_config
 from herald_agent.svid_store import STATE_FILE
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
 from herald_core.spiffeid import SpiffeId
 from herald_core.x509svid import parse_der_chain
+from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
+from tests.integration.test_server_kubernetes import (
+    AUDIENCE,
+    NS,
+    add_agent_pod,
+    add_node,
+    kube_config,
+)
+from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     SERVER_NAME,
-    attested_manager,
     create_entry,
     fixed_ports,
     free_port,
@@ -99,6 +109,12 @@ class AgentProcess:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         }
+
+    async def holds_svids(self, count: int) -> None:
+        async def held() -> bool:
+            return metric(await self.metrics(), "herald_agent_svids") == count
+
+        await wait_for(held)
 
     async def stop(self) -> tuple[int, str]:
         """SIGTERM; the exit code and stderr."""
@@ -187,6 +203,7 @@ async def test_run_serves_counts_stops_and_restarts_from_data_dir(
         assert (agent.data_dir.stat().st_mode & 0o777) == 0o700
         assert ((agent.data_dir / STATE_FILE).stat().st_mode & 0o777) == 0o600
         entry = await create_entry(server, "/run/web", agent.agent_id(), selectors=(MY_UID,))
+        await agent.holds_svids(1)
 
         channel, stub = agent.workload_stub()
         async with channel:
@@ -258,6 +275,7 @@ async def test_run_serves_counts_stops_and_restarts_from_data_dir(
         # The join token is spent: only the stored SVID can bring the agent back.
         agent.start()
         await wait_for(agent.ready)
+        await agent.holds_svids(1)
         response = await fetch_x509(agent)
         assert response.svids[0].spiffe_id == str(entry.spiffe_id)
         samples = await agent.metrics()
@@ -312,6 +330,7 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
         entry = await create_entry(
             server, "/run/db", agent.agent_id(), selectors=(MY_UID,), x509_svid_ttl=3600
         )
+        await agent.holds_svids(1)
         await fetch_x509(agent)
 
         async def agent_svid_renewed() -> bool:
@@ -341,40 +360,76 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
         await server.stop()
 
 
-async def test_manager_attests_again_once_its_svid_expired(tmp_path: Path) -> None:
-    ports = fixed_ports()
-    server = await start_server(tmp_path, ca={"agent_svid_ttl": "2s"}, **ports)
-    manager = await attested_manager(server)
-    reattested: list[Attested] = []
+async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
+    kube: KubeCluster, tmp_path: Path, socket_dir: Path
+) -> None:
+    server_doc = kube_config(tmp_path, "server")
+    server_doc.update(fixed_ports(), ca={"agent_svid_ttl": "2s"})
 
-    async def reattest() -> Attested:
-        attested = await attest_join_token(
-            f"127.0.0.1:{server.attestation_port}",
-            await join_token(server),
-            server.ca.bundle().x509_authorities,
-            SERVER_NAME,
+    async def start_kube_server() -> HeraldServer:
+        server = HeraldServer(
+            server_config(server_doc, base_dir=tmp_path), api_client_factory=kube.api_client
         )
-        reattested.append(attested)
-        return attested
+        await server.start()
+        return server
 
-    manager = SvidManager(manager.client, backoff_base=0.05, backoff_cap=0.2, reattest=reattest)
-    await manager.start()
+    server = await start_kube_server()
+    node_uid = add_node(kube, "node-a")
+    pod_uid = add_agent_pod(kube, "node-a", "token-1")
+    token_file = tmp_path / "psat-token"
+    token_file.write_text("token-1\n")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(server.ca.bundle().x509_pem())
+    config = agent_config(
+        {
+            "trust_domain": "example.org",
+            "server_address": f"127.0.0.1:{server.agent_port}",
+            "attestation_address": f"127.0.0.1:{server.attestation_port}",
+            "server_name": SERVER_NAME,
+            "trust_bundle_path": str(bundle),
+            "socket_path": str(socket_dir / "agent.sock"),
+            "data_dir": str(tmp_path / "agent-data"),
+            "health_address": "127.0.0.1:0",
+            "node_attestor": {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}},
+        },
+        base_dir=tmp_path,
+    )
+    agent = HeraldAgent(config, backoff_base=0.05)
     try:
+        await agent.start()
+        assert agent.readiness() == (True, "ok")
+        assert agent.manager is not None
+        first = agent.manager.client.svid
+        assert str(first.spiffe_id).endswith(f"/k8s_psat/test/{node_uid}")
         await server.stop()
-        first = manager.client.svid
 
         async def expired() -> bool:
-            return not manager.ready
-
-        async def attested_again() -> bool:
-            return bool(reattested) and manager.ready
+            return "attesting the node again" in agent.readiness()[1]
 
         await wait_for(expired)
-        server = await start_server(tmp_path, ca={"agent_svid_ttl": "2s"}, **ports)
-        await wait_for(attested_again)
-        assert manager.client.svid is not first
-        assert manager.client.svid.expires_at > utcnow()
+        # The kubelet rotated the projected token meanwhile; the old one no longer passes.
+        kube.revoke_service_account_token("token-1")
+        kube.add_service_account_token(
+            "token-2",
+            namespace=NS,
+            service_account="herald-agent",
+            pod_name="herald-agent-node-a",
+            pod_uid=pod_uid,
+            audiences=[AUDIENCE],
+        )
+        token_file.write_text("token-2\n")
+        server = await start_kube_server()
+
+        async def ready_again() -> bool:
+            return agent.readiness()[0]
+
+        await wait_for(ready_again)
+        assert agent.manager.client.svid is not first
+        assert agent.manager.client.svid.spiffe_id == first.spiffe_id
+        attested = agent.metrics.registry.get_sample_value(
+            "herald_agent_node_attestations_total", {"method": "k8s_psat", "result": "ok"}
+        )
+        assert attested == 2
     finally:
-        await manager.stop()
-        await manager.client.close()
+        await agent.stop()
         await server.stop()
