@@ -183,7 +183,7 @@ class HeraldAgent:
     async def _attest_counted(self) -> Attested:
         try:
             attested = await self._attest()
-        except BaseException:
+        except Exception:
             self.metrics.node_attested(self.method, ok=False)
             raise
         self.metrics.node_attested(self.method, ok=True)
