@@ -74,8 +74,8 @@ class SvidStore:
     def save(self, attested: Attested) -> None:
         """Replace the stored state atomically; blocking file I/O (run it off the event loop)."""
         directory = self.path.parent
+        # A directory the operator made is left as it is; the file itself is 0600 either way.
         directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        directory.chmod(_DIR_MODE)
         data = json.dumps(_document(attested)).encode()
         temporary = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
