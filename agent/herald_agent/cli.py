@@ -41,7 +41,11 @@ class _ConfigProblem(click.ClickException):
     help="YAML configuration file (docs/agent.md lists every field).",
 )
 @flag("trustDomain", "trust_domain", help="Trust domain; overrides trust_domain.")
-@flag("serverAddress", "server_address", help="Server's agent API host:port.")
+@flag(
+    "serverAddress",
+    "server_address",
+    help="Server's agent API host:port; overrides server_address.",
+)
 @flag(
     "trustBundle",
     "trust_bundle_path",

@@ -340,7 +340,10 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
                 and metric(samples, "herald_agent_rotation_lag_seconds_count", kind="agent") >= 1
             )
 
+        stored = (agent.data_dir / STATE_FILE).read_text()
         await wait_for(agent_svid_renewed)
+        # Every renewal is written to data_dir, so a restart never goes back to an older SVID.
+        assert (agent.data_dir / STATE_FILE).read_text() != stored
         await server.stop()
 
         async def not_ready() -> bool:
