@@ -171,13 +171,20 @@ class HeraldAgent:
 
     # Node attestation
 
+    def _trusted_roots(self) -> list[x509.Certificate]:
+        """The bootstrap roots, plus the bundle the server sent since: after a CA rotation the
+        bootstrap file may no longer name the CA the server presents when re-attesting."""
+        if self._client is None:
+            return self._roots
+        return [*self._client.bundle.x509_authorities, *self._roots]
+
     async def _attest(self) -> Attested:
         config, node = self.config, self.config.node_attestor
-        address = str(config.attestation_address)
+        address, roots = str(config.attestation_address), self._trusted_roots()
         if isinstance(node, JoinTokenConfig):
-            return await attest_join_token(address, node.token, self._roots, config.server_name)
+            return await attest_join_token(address, node.token, roots, config.server_name)
         return await attest_k8s_psat(
-            address, node.cluster, node.token_path, self._roots, config.server_name
+            address, node.cluster, node.token_path, roots, config.server_name
         )
 
     async def _attest_counted(self) -> Attested:
