@@ -19,7 +19,7 @@ from cryptography import x509
 
 from herald_agent.attestors import WorkloadAttestor
 from herald_agent.attestors.k8s import K8sAttestor
-from herald_agent.attestors.kubelet import KubeletClient
+from herald_agent.attestors.kubelet import KubeletClient, KubeletError
 from herald_agent.attestors.unix import UnixAttestor
 from herald_agent.config import AgentConfig, ConfigError, JoinTokenConfig
 from herald_agent.endpoint import CallerRegistry, WorkloadEndpoint
@@ -99,6 +99,8 @@ class HeraldAgent:
             self._roots = load_trust_bundle(config.trust_bundle_path)
         except ServerClientError as exc:
             raise ConfigError(f"trust_bundle_path: {exc}") from exc
+        # Before attesting, so that a configuration mistake does not spend a join token.
+        attestors = [self.metrics.measured(a) for a in self._workload_attestors()]
         address = config.health_address
         self._health = HealthServer(
             address.host, address.port, self.readiness, self.metrics.registry
@@ -123,7 +125,7 @@ class HeraldAgent:
             on_rotation=self.metrics.rotated,
         )
         await self.manager.start()
-        endpoint = self._make_endpoint(self.manager)
+        endpoint = self._make_endpoint(self.manager, attestors)
         await endpoint.start()
         self._endpoint = endpoint  # only now does /ready say so
         log_event(
@@ -135,9 +137,10 @@ class HeraldAgent:
             health_port=self.health_port,
         )
 
-    def _make_endpoint(self, manager: SvidManager) -> WorkloadEndpoint:
+    def _make_endpoint(
+        self, manager: SvidManager, attestors: list[WorkloadAttestor]
+    ) -> WorkloadEndpoint:
         callers = CallerRegistry()
-        attestors = [self.metrics.measured(a) for a in self._workload_attestors()]
         service = WorkloadApiService(manager, callers, attestors)
         self.metrics.track(manager, service)
         return WorkloadEndpoint(self.config.socket_path, service.register, callers=callers)
@@ -148,7 +151,10 @@ class HeraldAgent:
         if wanted.unix is not None:
             attestors.append(UnixAttestor(max_hash_size=wanted.unix.workload_size_limit))
         if wanted.k8s is not None:
-            self._kubelet = KubeletClient(wanted.k8s.kubelet())
+            try:
+                self._kubelet = KubeletClient(wanted.k8s.kubelet())
+            except KubeletError as exc:
+                raise ConfigError(f"workload_attestors.k8s.kubelet_ca_path: {exc}") from exc
             attestors.append(K8sAttestor(self._kubelet))
         return attestors
 

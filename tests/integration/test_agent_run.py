@@ -27,7 +27,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from herald_agent.agent import HeraldAgent
+from herald_agent.config import ConfigError
 from herald_agent.config import config_from_mapping as agent_config
+from herald_agent.server_client import attest_join_token
 from herald_agent.svid_store import STATE_FILE
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
 from herald_core.spiffeid import SpiffeId
@@ -312,6 +314,38 @@ async def test_unusable_trust_bundle_exits_2_naming_the_field(
     assert result.returncode == 2, result.stderr
     assert "Error: trust_bundle_path: trust bundle" in result.stderr.decode()
     assert not agent.socket_path.exists()
+
+
+async def test_unusable_kubelet_ca_is_a_config_error_before_the_token_is_spent(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    token = await join_token(server)
+    process = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": token}},
+        workload_attestors={"k8s": {"kubelet_ca_path": "missing-ca.crt"}},
+    )
+    agent = HeraldAgent(
+        agent_config(yaml.safe_load(process.config_path.read_text()), base_dir=tmp_path)
+    )
+    try:
+        with pytest.raises(
+            ConfigError, match=r"workload_attestors\.k8s\.kubelet_ca_path: cannot read"
+        ):
+            await agent.start()
+    finally:
+        await agent.stop()
+        await process.close()
+    # The join token is still unspent.
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        token,
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    assert attested.svid.expires_at > utcnow()
 
 
 async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_serving(
