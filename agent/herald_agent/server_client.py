@@ -219,6 +219,7 @@ class ServerClient:
         self.renewals = 0
         # Counts channel replacements, so a stream cut by one is told apart from a failure.
         self.channel_generation = 0
+        self._new_channel = asyncio.Event()
         self._channel = self._open()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -237,9 +238,24 @@ class ServerClient:
     def _replace_channel(self) -> None:
         old, self._channel = self._channel, self._open()
         self.channel_generation += 1
+        self._new_channel.set()
+        self._new_channel = asyncio.Event()
         task = asyncio.create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def channel_after(self, generation: int, within: float) -> bool:
+        """Wait up to ``within`` seconds for a channel newer than ``generation``; True if one came.
+
+        A retry loop sleeps here, so a renewal or re-attestation ends its backoff at once.
+        """
+        if self.channel_generation != generation:
+            return True
+        try:
+            await asyncio.wait_for(self._new_channel.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
     def set_bundle(self, bundle: Bundle) -> None:
         """Adopt a new trust bundle; the channel is rebuilt only if the X.509 roots changed."""

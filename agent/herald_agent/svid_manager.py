@@ -366,7 +366,8 @@ class SvidManager:
             except ValueError as exc:
                 log.error("entry sync sent something unusable, reconnecting: %s", exc)
             self.counters.sync_reconnects += 1
-            await asyncio.sleep(backoff.next_delay())
+            if await self.client.channel_after(generation, backoff.next_delay()):
+                backoff.reset()
 
     def _apply(self, message: agent_pb2.SyncEntriesResponse) -> None:
         """One SyncEntries message; parse everything first so a bad message changes nothing."""

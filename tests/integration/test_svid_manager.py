@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from herald_agent.server_client import (
+    Attested,
     ServerClient,
     ServerClientError,
     attest_join_token,
@@ -175,6 +176,24 @@ async def test_keeps_serving_while_the_server_is_away_and_resumes(node: Node) ->
     took = await wait_for(lambda: node.manager.svid("later") is not None, within=10.0)
     print(f"\nafter restart: new entry served in {took * 1000:.0f} ms")
     assert node.manager.svid("web") is held, "the snapshot on reconnect did not re-mint"
+
+
+async def test_a_new_channel_ends_the_sync_backoff_at_once(node: Node) -> None:
+    # A long backoff, as after many failures: only the new channel can bring the sync back soon.
+    client = node.manager.client
+    manager = SvidManager(client, backoff_base=30.0, backoff_cap=30.0)
+    await create_entry(node.server, "/web", agent_id(node))
+    await manager.start()
+    try:
+        await wait_for(lambda: manager.svid("web") is not None)
+        await node.server.stop()
+        await wait_for(lambda: manager.counters.sync_reconnects >= 1)
+        await restart(node)
+        await create_entry(node.server, "/later", agent_id(node))
+        client.adopt(Attested(client.svid, client.bundle))
+        await wait_for(lambda: manager.svid("later") is not None, within=10.0)
+    finally:
+        await manager.stop()
 
 
 async def test_jwt_svids_are_cached_per_audience_set(node: Node) -> None:
