@@ -526,9 +526,12 @@ async def _next_change(
             {entry_task, bundle_task}, timeout=max(seconds, 0), return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        bundle_task.cancel()
+        # Also when the stream itself is cancelled (agent gone, server stopping): a waiter left
+        # pending would be destroyed with the loop.
+        for task in (entry_task, bundle_task):
+            if not task.done():
+                task.cancel()
     if entry_task in done:
         changes: dict[str, Entry | None] = entry_task.result()
         return changes
-    entry_task.cancel()
     return {} if done else None

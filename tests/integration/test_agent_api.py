@@ -28,6 +28,7 @@ from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.x509svid import certs_to_pem, verify_chain
 from herald_server.server import HeraldServer
+from tests.agent_harness import wait_for
 from tests.server_harness import (
     AgentCredentials,
     admin_stub,
@@ -336,6 +337,20 @@ async def test_sync_streams_only_own_entries_then_changes(server: HeraldServer) 
     stream.cancel()
     await agent.close()
     await other.close()
+
+
+async def test_a_cancelled_sync_stream_leaves_no_waiter_behind(server: HeraldServer) -> None:
+    agent = await new_agent(server)
+    stream = agent.stub(server).SyncEntries(agent_pb2.SyncEntriesRequest())
+    await asyncio.wait_for(stream.read(), 5)
+
+    def waiters() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if "EntrySubscription.wait" in repr(t.get_coro())]
+
+    assert len(waiters()) == 1
+    stream.cancel()
+    await agent.close()
+    await wait_for(lambda: not waiters(), within=5)
 
 
 async def test_renewal_keeps_the_id_and_refuses_a_foreign_one(server: HeraldServer) -> None:
