@@ -10,7 +10,9 @@ are SPIRE's (``pkg/agent/endpoints/workload/handler.go``).
 Streams send the caller's full state at once and again whenever a `SvidManager` wake-up changes
 what this caller gets; they never send an empty ``svids`` list: entries whose SVIDs are still
 being minted are waited for, and a caller left without any matching entry gets its stream ended
-with PERMISSION_DENIED. Bundle streams skip a message equal to the previous one.
+with PERMISSION_DENIED. Bundle streams skip a message equal to the previous one. What an
+X.509-SVID stream sends is built once per wake-up and caller selector set (`X509Views`) and
+shared by every stream of callers with those selectors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +63,8 @@ SERIALIZE_FAILED: Final = "could not serialize response"
 _FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
 # How many (hidden, kept) entry pairs are remembered as already warned about.
 _HIDDEN_LOG_MEMORY: Final = 10_000
+# How many caller selector sets keep their built X.509 view between two manager changes.
+_VIEW_MEMORY: Final = 10_000
 
 _log = logging.getLogger(__name__)
 # Fire-and-forget tasks are held here so that the event loop's weak references are not the only
@@ -162,6 +167,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self._attestors = tuple(attestors)
         self._clock = clock
         self._hidden_logged: set[tuple[str, str]] = set()
+        self._x509_views = X509Views(manager, self._dedupe)
         self.metrics = WorkloadApiMetrics()
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -323,18 +329,13 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         with self._manager.subscribe() as subscription:
             sent: tuple[object, ...] | None = None
             while True:
-                matching = self._manager.identities_for(selectors)
-                if not matching:
+                view = self._x509_views.get(selectors)
+                if not view.matched:
                     await _abort(context, grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
-                served = [i for i in self._dedupe(matching) if i.svid is not None]
-                bundle = self._manager.bundle
-                if served and bundle is not None:
-                    federated = _federated_for(served, self._manager.federated_bundles)
-                    state = _x509_state(served, bundle, federated)
-                    if state != sent:
-                        yield _x509_response(served, bundle, federated)
-                        sent = state
-                # Otherwise every matching entry's SVID is still being minted: wait for it.
+                # No response: every matching entry's SVID is still being minted; wait for it.
+                if view.response is not None and view.state != sent:
+                    yield view.response
+                    sent = view.state
                 await subscription.wait()
 
     async def _fetch_x509_bundles(
@@ -478,6 +479,75 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                         yield response
                         sent = response
                 await subscription.wait()
+
+
+@dataclass(frozen=True)
+class X509View:
+    """What a caller with one selector set is sent on FetchX509SVID at one manager generation.
+
+    ``matched`` False: no entry matches (PERMISSION_DENIED). ``response`` None: every matching
+    entry's SVID is still being minted, or there is no bundle yet. ``state`` is what the
+    response is made of, compared by streams to skip resending an equal message.
+    """
+
+    matched: bool
+    state: tuple[object, ...] | None = None
+    response: workload_pb2.X509SVIDResponse | None = None
+    expires_at: dt.datetime | None = None
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class X509Views:
+    """`X509View`s built once per manager generation and selector set, shared by every stream.
+
+    A change wakes every open stream; streams of callers with the same selectors (one
+    workload's many streams, or replicas) then share one lookup and one message instead of
+    each building its own. A view is rebuilt when the manager's generation moves on or an SVID
+    in it expires; at most ``memory`` selector sets are kept between two changes.
+    """
+
+    def __init__(
+        self,
+        manager: SvidManager,
+        dedupe: Callable[[Sequence[Identity]], list[Identity]],
+        memory: int = _VIEW_MEMORY,
+    ) -> None:
+        self._manager = manager
+        self._dedupe = dedupe
+        self._memory = memory
+        self._generation = -1
+        self._views: dict[frozenset[Selector], X509View] = {}
+        self.built = 0
+        """Views built so far (each one a lookup and a message), for tests and benchmarks."""
+
+    def get(self, selectors: frozenset[Selector]) -> X509View:
+        manager = self._manager
+        if manager.generation != self._generation or len(self._views) >= self._memory:
+            self._views.clear()
+            self._generation = manager.generation
+        view = self._views.get(selectors)
+        if view is None or view.expired(manager.clock.now()):
+            view = self._views[selectors] = self._build(selectors)
+        return view
+
+    def _build(self, selectors: frozenset[Selector]) -> X509View:
+        self.built += 1
+        matching = self._manager.identities_for(selectors)
+        if not matching:
+            return X509View(matched=False)
+        served = [i for i in self._dedupe(matching) if i.svid is not None]
+        bundle = self._manager.bundle
+        if not served or bundle is None:
+            return X509View(matched=True)
+        federated = _federated_for(served, self._manager.federated_bundles)
+        return X509View(
+            matched=True,
+            state=_x509_state(served, bundle, federated),
+            response=_x509_response(served, bundle, federated),
+            expires_at=min(i.svid.expires_at for i in served if i.svid is not None),
+        )
 
 
 def _x509_state(
