@@ -2,21 +2,22 @@
 
 A real `herald-server run` (standalone, its own process) and the agent built from its real
 classes in a process of its own (`bench/agent_process.py`); every Workload API client runs in
-other processes (`bench/workload_clients.py`), so the agent's process is measured alone. As
-root, entry ``w<i>`` selects ``unix:gid:<20000+i>`` and each client process runs with one of
-those gids; otherwise every client shares one entry of this gid. The baseline, measured in the same
-run, is a bare grpc.aio server on a Unix socket sending a message of the same size as the
-agent's answer: the floor for any Python gRPC Workload API on this machine.
+other processes (`bench/workload_clients.py`), so the agent's process is measured alone. Entry
+``w<i>`` selects ``unix:gid:<20000+i>``; as root each client process runs with one of those
+gids, otherwise entry ``w0`` selects this process's gid and every client shares it. Two
+baselines run in the same benchmark, each sending a message of the agent's answer's size: a bare
+grpc.aio server on a Unix socket (the floor for any Python gRPC Workload API on this machine)
+and the same server behind herald's relay.
 
-1. first-message latency of a cached FetchX509SVID through the relay, a fresh connection per
-   sample and on an open channel, next to the baseline (target p99 < 5 ms);
+1. first-message latency of a cached FetchX509SVID, a fresh connection per sample and on an
+   open channel (target p99 < 5 ms);
 2. fetches/s from concurrent clients in several processes, with the server's CPU;
-3. the agent's RSS holding the SVIDs, then with the streams open (target < 250 MB);
+3. RSS idle (the agent holding the SVIDs), then with the streams open (target < 250 MB);
 4. one entry change reaching every open stream: from the admin call, and from the agent's
    wake-up, to the last client holding the new message (target < 100 ms for 1,000);
 5. k8s attestations/s against a 110-pod kubelet list (`bench/k8s_attestation.py`).
 
-    PYTHONPATH=. .venv/bin/python bench/agent.py [--quick] [--skip-k8s]
+    GRPC_ENABLE_FORK_SUPPORT=false PYTHONPATH=. .venv/bin/python bench/agent.py [--quick]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from herald_core.x509svid import certs_to_pem
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 BASE_GID = 20000
+# No step of the benchmark waits this long for a child's answer unless something is stuck.
+READ_TIMEOUT = 300.0
 STREAMS_PER_PROCESS = 1000
 MODES = ("fresh", "open")
 
@@ -118,7 +121,7 @@ class Child:
 
     async def read(self) -> dict[str, Any]:
         assert self.process.stdout is not None
-        line = await asyncio.to_thread(self.process.stdout.readline)
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), READ_TIMEOUT)
         if not line:
             raise RuntimeError(f"{self.process.args[1]} ended: {self.process.wait()}")
         return json.loads(line)  # type: ignore[no-any-return]
@@ -166,9 +169,8 @@ class Bench:
         self.server = server
         self.scale = scale
         self.as_root = os.geteuid() == 0
-        self.admin: Any = admin_pb2_grpc.AdminAPIStub(
-            grpc.aio.insecure_channel(f"unix:{server.admin_socket}")
-        )
+        self.admin_channel = grpc.aio.insecure_channel(f"unix:{server.admin_socket}")
+        self.admin: Any = admin_pb2_grpc.AdminAPIStub(self.admin_channel)
         self.entries: list[types_pb2.Entry] = []
         self.servers: dict[str, Child] = {}
         self.targets: dict[str, str] = {}
@@ -180,6 +182,11 @@ class Bench:
     def gid(self, entry: int) -> int | None:
         """The gid a client of entry ``entry`` runs with (None: this process's own)."""
         return BASE_GID + entry if self.as_root else None
+
+    def selected_gid(self, entry: int) -> int:
+        """The gid entry ``entry`` selects; without root the first one is this process's own,
+        which every client then shares, and the others select nobody's."""
+        return os.getgid() if entry == 0 and not self.as_root else BASE_GID + entry
 
     async def start_agent(self) -> None:
         response = await self.admin.GetBundle(admin_pb2.GetBundleRequest())
@@ -199,15 +206,12 @@ class Bench:
         agent_id = (await agent.read())["agent_id"]
         started = time.perf_counter()
         for i in range(self.scale.entries):
-            gid = self.gid(i)
             entry = types_pb2.Entry(
                 id=f"w{i}", spiffe_id=f"spiffe://{TD.name}/w{i}", parent_id=agent_id, hint="r0"
             )
-            entry.selectors.add(type="unix", value=f"gid:{os.getgid() if gid is None else gid}")
+            entry.selectors.add(type="unix", value=f"gid:{self.selected_gid(i)}")
             await self.admin.CreateEntry(admin_pb2.CreateEntryRequest(entry=entry))
             self.entries.append(entry)
-            if gid is None:
-                break  # one entry serves every client
         await agent.ask(f"svids {len(self.entries)}")
         print(
             f"agent holds {len(self.entries)} SVIDs "
@@ -232,9 +236,10 @@ class Bench:
             self.servers[name], self.targets[name] = echo, f"unix:{socket}"
         return size
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for child in self.servers.values():
             child.close()
+        await self.admin_channel.close()
 
 
 async def measure_latency(bench: Bench) -> list[dict[str, float]]:
@@ -454,7 +459,7 @@ async def run(args: argparse.Namespace) -> None:
                 memory = await measure_memory(bench)
                 fanout = await measure_fanout(bench)
             finally:
-                bench.close()
+                await bench.close()
         summary(bench, size, latency, rates, memory, fanout)
         if not args.skip_k8s:
             k8s: K8sResult = await measure_k8s(tmp, scale.k8s_seconds, scale.rounds)

@@ -1,13 +1,13 @@
 """k8s workload attestations per second against a 110-pod kubelet list, for ``bench/agent.py``.
 
-A local HTTPS kubelet stand-in (aiohttp, its own CA, a bearer token) serves a node's worth of
-pods (`tests/kubelet_pods.py`, ~3 KB each). As root with a writable cgroup v2 hierarchy, five
-``sleep`` processes run in kubelet-shaped cgroups of five listed pods (systemd driver,
-containerd) and `K8sAttestor` attests them by pid: the real path, /proc included. Otherwise the
-attestor reads a stand-in /proc (``proc_root``) whose cgroup files name those pods and whose stat
-files are this process's: the cgroup parsing and pod lookup with fixed pod UIDs. The summary says
-which one ran. The pod list is cached for the kubelet client's default ``max_age`` (1 s), so
-every second of attestations includes one real fetch.
+A local HTTPS kubelet stand-in (the k8s attestor tests' aiohttp ``FakeKubelet``, its own CA, a
+bearer token) serves a node's worth of pods (`tests/kubelet_pods.py`, ~3 KB each). As root with
+a writable cgroup v2 hierarchy, five ``sleep`` processes run in kubelet-shaped cgroups of five
+listed pods (systemd driver, containerd) and `K8sAttestor` attests them by pid: the real path,
+/proc included. Otherwise the attestor reads a stand-in /proc (``proc_root``) whose cgroup files
+name those pods and whose stat files are this process's: the cgroup parsing and pod lookup with
+fixed pod UIDs. The summary says which one ran. The pod list is cached for the kubelet client's
+default ``max_age`` (1 s), so every second of attestations includes one real fetch.
 
 Baselines, measured in the same run: for a fetch, ``json.loads`` of the same body alone (what
 any client must at least do with it); for attestations, reading the two /proc files the
@@ -17,8 +17,6 @@ attestor needs and finding the pod in a dict by UID, in a plain loop.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import random
@@ -33,17 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp.web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from herald_agent.attestors.k8s import K8sAttestor
 from herald_agent.attestors.kubelet import KubeletClient, KubeletConfig
 from herald_agent.attestors.proc import PROC_ROOT
-from tests.kubelet_pods import NODE, Pod, pod_list, random_pod
+from tests.integration.test_k8s_attestor import TOKEN, FakeKubelet, Tls, make_tls, site_port
+from tests.kubelet_pods import Pod, pod_list, random_pod
 
-TOKEN = "kubelet-bench-token"  # noqa: S105 - the stand-in kubelet's bearer token
 PODS = 110
 WORKLOADS = 5
 CONCURRENCY = 50
@@ -82,73 +76,20 @@ class K8sResult:
         )
 
 
-# The kubelet stand-in
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    signer: ec.EllipticCurvePrivateKey,
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-    )
-
-
-def kubelet_tls(directory: Path) -> tuple[Path, ssl.SSLContext]:
-    """A CA file for the client and the server's TLS context (a leaf for the node and 127.0.0.1)."""
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubelet-ca")])
-    ca = (
-        _certificate("kubelet-ca", ca_key, ca_name, ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    names = [x509.DNSName(NODE), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    leaf = (
-        _certificate(NODE, key, ca_name, ca_key)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_file, cert_file, key_file = (directory / n for n in ("ca.crt", "kubelet.crt", "kubelet.key"))
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file.write_bytes(leaf.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    return ca_file, server
+# The kubelet stand-in: the one the k8s attestor's tests use
 
 
 @asynccontextmanager
 async def kubelet(body: bytes, context: ssl.SSLContext) -> AsyncIterator[int]:
     """Serve ``body`` on https://127.0.0.1:<port>/pods to ``Bearer TOKEN``; yields the port."""
-
-    async def pods(request: aiohttp.web.Request) -> aiohttp.web.Response:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return aiohttp.web.Response(status=401)
-        return aiohttp.web.Response(body=body, content_type="application/json")
-
     app = aiohttp.web.Application()
-    app.router.add_get("/pods", pods)
+    app.router.add_get("/pods", FakeKubelet(body).pods)
     runner = aiohttp.web.AppRunner(app, access_log=None)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    server = site._server  # aiohttp exposes the bound port only through the asyncio server
-    assert isinstance(server, asyncio.Server)
     try:
-        yield int(server.sockets[0].getsockname()[1])
+        yield site_port(site)
     finally:
         await runner.cleanup()
 
@@ -260,27 +201,29 @@ async def fetch_times(config: KubeletConfig, fresh: bool) -> float:
     return statistics.median(samples)
 
 
-def prepare(directory: Path) -> tuple[list[Pod], bytes, Path, ssl.SSLContext, float]:
-    """The workloads' pods, the list body, the kubelet's CA file and TLS context, and how long
+def prepare(directory: Path) -> tuple[list[Pod], bytes, Tls, float]:
+    """The workloads' pods, the list body, the kubelet's TLS files and context, and how long
     ``json.loads`` of the body takes alone."""
     rng = random.Random(11)
     pods = [random_pod(i, rng) for i in range(WORKLOADS)]
     body = pod_list(pods, filler=PODS)
     directory.mkdir()
     (directory / "token").write_text(TOKEN)
-    ca_file, context = kubelet_tls(directory)
+    tls = make_tls(directory)
     started = time.perf_counter()
     for _ in range(FETCH_SAMPLES):
         json.loads(body)
-    return pods, body, ca_file, context, (time.perf_counter() - started) / FETCH_SAMPLES
+    return pods, body, tls, (time.perf_counter() - started) / FETCH_SAMPLES
 
 
 async def measure_k8s(tmp: Path, seconds: float, rounds: int) -> K8sResult:
     directory = tmp / "kubelet"
-    pods, body, ca_file, context, loads = prepare(directory)
+    pods, body, tls, loads = prepare(directory)
     by_uid: dict[str, object] = {p.uid: p for p in pods}
-    async with kubelet(body, context) as port:
-        config = KubeletConfig(port=port, token_path=str(directory / "token"), ca_path=str(ca_file))
+    async with kubelet(body, tls.server) as port:
+        config = KubeletConfig(
+            port=port, token_path=str(directory / "token"), ca_path=str(tls.ca_file)
+        )
         fetch_open = await fetch_times(config, fresh=False)
         fetch_handshake = await fetch_times(config, fresh=True)
         with workloads(pods, tmp) as (pids, proc_root, mode):
