@@ -1,5 +1,6 @@
 """FetchX509SVID streams of one caller share what is built for them: one lookup and one message
-per manager change for every stream with the same selectors, not one per stream."""
+per manager change for every stream with the same selectors, not one per stream; a shared view
+holding an SVID that has expired is not served again."""
 
 from __future__ import annotations
 
@@ -12,11 +13,21 @@ from typing import Any
 import grpc
 import pytest
 
+from herald_agent.svid_manager import SvidManager
+from herald_agent.workload_api import X509Views, dedupe_hints
+from herald_core.clock import FakeClock
 from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
+from herald_core.selector import parse_selectors
 from herald_core.wire import entry_to_proto
-from tests.agent_harness import Agent, running_agent, socket_directory
-from tests.server_harness import admin_stub
+from tests.agent_harness import Agent, running_agent, socket_directory, wait_for
+from tests.server_harness import (
+    admin_stub,
+    attested_manager,
+    create_entry,
+    start_server,
+    utcnow,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,3 +68,35 @@ async def test_streams_of_one_caller_get_each_change_built_once(agent: Agent) ->
         assert views.built - built == changes, "one build per change, not one per stream"
         for stream in streams:
             stream.cancel()
+
+
+async def test_a_view_is_reused_until_a_change_or_until_an_svid_in_it_expires(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    attested = await attested_manager(server)
+    clock = FakeClock(utcnow())
+    manager = SvidManager(attested.client, clock=clock)
+    entry = await create_entry(server, "/web", manager.client.svid.spiffe_id)
+    await manager.start()
+    try:
+        await wait_for(lambda: manager.svid(entry.id) is not None)
+        views = X509Views(manager, dedupe_hints)
+        caller = frozenset(entry.selectors)
+        first = views.get(caller)
+        assert first.response is not None
+        assert [s.spiffe_id for s in first.response.svids] == [str(entry.spiffe_id)]
+        assert views.get(caller) is first
+        assert views.get(parse_selectors(["unix:uid:4242"])).matched is False
+        assert views.built == 2
+
+        svid = manager.svid(entry.id)
+        assert svid is not None
+        clock.set(svid.expires_at)
+        expired = views.get(caller)
+        assert expired.matched and expired.response is None, "an expired SVID is never served"
+        assert views.built == 3
+    finally:
+        await manager.stop()
+        await attested.client.close()
+        await server.stop()
