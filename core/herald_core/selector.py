@@ -39,6 +39,7 @@ KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
 # Keys whose value is itself ``<a>:<b>`` (label key and value; owner kind and name).
 _PAIR_KEYS: Final = {("k8s", "pod-label"), ("k8s", "pod-owner")}
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SelectorError(ValueError):
@@ -83,7 +84,7 @@ def _check(kind: str, value: str) -> None:
         )
     if not value:
         raise SelectorError(f"selector {text!r} has an empty value")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL_RE.search(value):
         raise SelectorError(f"selector {kind}:… contains a control character")
     keys = KNOWN_KEYS.get(kind)
     if keys is None:
