@@ -35,7 +35,7 @@ import aiohttp.web
 from herald_agent.attestors.k8s import K8sAttestor
 from herald_agent.attestors.kubelet import KubeletClient, KubeletConfig
 from herald_agent.attestors.proc import PROC_ROOT
-from tests.integration.test_k8s_attestor import TOKEN, FakeKubelet, Tls, make_tls, site_port
+from tests.fake_kubelet import TOKEN, FakeKubelet, Tls, make_tls, site_port
 from tests.kubelet_pods import Pod, pod_list, random_pod
 
 PODS = 110

@@ -8,13 +8,10 @@ certificate from a throw-away CA; it accepts one bearer token only and counts it
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import os
 import random
 import signal
-import ssl
 import subprocess
 import time
 import uuid
@@ -24,10 +21,6 @@ from pathlib import Path
 
 import aiohttp.web
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from herald_agent.attestors import AttestationError, WorkloadAttestor
 from herald_agent.attestors.k8s import (
@@ -38,13 +31,13 @@ from herald_agent.attestors.k8s import (
 )
 from herald_agent.attestors.kubelet import KubeletClient, KubeletConfig, KubeletError
 from herald_core.selector import Selector
+from tests.fake_kubelet import TOKEN, FakeKubelet, Tls, make_tls, site_port
 from tests.kubelet_pods import NODE, Container, Pod, image_id, owner, pod_list
 
 pytestmark = pytest.mark.root
 
 V2_ROOT = Path("/sys/fs/cgroup/unified")
 V1_PIDS = Path("/sys/fs/cgroup/pids")
-TOKEN = "kubelet-test-token"
 SLEEP = "/bin/sleep"
 
 
@@ -120,85 +113,6 @@ def v1_pod_cgroup(cgroups: CgroupMaker, pod_uid: str, container_id: str) -> Path
 
 
 @dataclass
-class Tls:
-    ca_file: Path
-    server: ssl.SSLContext
-
-
-def make_tls(directory: Path, name: str = "kubelet-ca") -> Tls:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(NODE), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_file, cert_file, key_file = (directory / f"{name}{s}" for s in (".crt", "-srv.crt", ".key"))
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file.write_bytes(leaf.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    return Tls(ca_file, server)
-
-
-@dataclass
-class FakeKubelet:
-    """Serves ``body`` on /pods to ``Bearer <token>``; 401 otherwise, or ``status`` if set."""
-
-    body: bytes
-    token: str | None = TOKEN
-    status: int | None = None
-    delay: float = 0.0
-    requests: int = 0
-    url_port: int = 0
-
-    async def pods(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        self.requests += 1
-        if (
-            self.token is not None
-            and request.headers.get("Authorization") != f"Bearer {self.token}"
-        ):
-            return aiohttp.web.Response(status=401, text="Unauthorized")
-        if self.status is not None:
-            return aiohttp.web.Response(
-                status=self.status,
-                text="Forbidden (user=system:serviceaccount:herald:herald-agent, verb=get, "
-                "resource=nodes, subresource=proxy)",
-            )
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return aiohttp.web.Response(body=self.body, content_type="application/json")
-
-
-@dataclass
 class KubeletEnv:
     kubelet: FakeKubelet
     tls: Tls
@@ -234,12 +148,6 @@ async def kubelet_env(tmp_path: Path) -> AsyncIterator[KubeletEnv]:
         yield KubeletEnv(kubelet, tls, token_file, site_port(secure), site_port(plain))
     finally:
         await runner.cleanup()
-
-
-def site_port(site: aiohttp.web.TCPSite) -> int:
-    server = site._server  # aiohttp exposes the bound port only through the asyncio server.
-    assert isinstance(server, asyncio.Server)
-    return int(server.sockets[0].getsockname()[1])
 
 
 @pytest.fixture
