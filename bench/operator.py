@@ -23,6 +23,7 @@ operator are read from /proc, to show where the time goes.
     .venv/bin/python bench/operator.py [--namespaces 500] [--pods 10000] [--rate 30]
                                        [--churn-seconds 20] [--rounds 1]
     .venv/bin/python bench/operator.py --quick      # 50 namespaces, 1,000 pods, 3 s of churn
+    .venv/bin/python bench/operator.py --profile op.prof --profile-emulator emu.prof
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Sizes:
     rate: float
     churn_seconds: float
     inflight: int
+    profile: str | None = None
+    profile_emulator: str | None = None
 
 
 @dataclass
@@ -72,6 +75,9 @@ class Round:
     emulator_cpu: float = 0.0
     operator_cpu: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    quiet_seconds: float = 0.0
+    churn_operator_cpu: float = 0.0
+    churn_emulator_cpu: float = 0.0
     lost: int = 0
     operator_log: str = ""
 
@@ -93,9 +99,9 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
+def start_emulator(profile: str | None) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "operator_emulator.py")],
+        [sys.executable, str(ROOT / "bench" / "operator_emulator.py"), *filter(None, [profile])],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -119,7 +125,9 @@ def stop_emulator(process: subprocess.Popen[str]) -> None:
         process.wait()
 
 
-def start_operator(url: str, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_operator(
+    url: str, workdir: Path, port: int, profile: str | None
+) -> subprocess.Popen[bytes]:
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -133,9 +141,12 @@ def start_operator(url: str, workdir: Path, port: int) -> subprocess.Popen[bytes
             }
         )
     )
+    command = [str(Path(sys.executable).parent / "herald-operator")]
+    if profile:
+        command = [sys.executable, "-m", "cProfile", "-o", profile, *command]
     return subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "herald-operator"),
+            *command,
             "run",
             "--trust-domain",
             "bench.example",
@@ -146,23 +157,22 @@ def start_operator(url: str, workdir: Path, port: int) -> subprocess.Popen[bytes
             "0",
             "--health-address",
             f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
         ],
         env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"},
-        stdout=subprocess.PIPE,
+        stdout=(workdir / "operator.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
 
 
-def stop_operator(process: subprocess.Popen[bytes]) -> str:
+def stop_operator(process: subprocess.Popen[bytes], workdir: Path) -> str:
+    """Stop the operator; its output (at its default log level, info)."""
     process.terminate()
     try:
-        output = process.communicate(timeout=20)[0]
+        process.wait(20)
     except subprocess.TimeoutExpired:
         process.kill()
-        output = process.communicate()[0]
-    return output.decode(errors="replace")
+        process.wait()
+    return (workdir / "operator.log").read_text(errors="replace")
 
 
 # --- the objects ---------------------------------------------------------------------------------
@@ -372,6 +382,17 @@ async def wait_ready(session: aiohttp.ClientSession, port: int, started: float) 
         await asyncio.sleep(0.05)
 
 
+async def wait_quiet(pid: int, limit: float = 60.0) -> float:
+    """Seconds until the process uses under a tenth of a core for two half-second windows."""
+    started = time.perf_counter()
+    quiet = 0
+    while quiet < 2 and time.perf_counter() - started < limit:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        quiet = quiet + 1 if cpu_seconds(pid) - before < 0.05 else 0
+    return time.perf_counter() - started
+
+
 async def churn(api: Api, watch: EntryWatch, sizes: Sizes) -> tuple[dict[str, list[float]], int]:
     """Pod writes at ``sizes.rate``/s; seconds from each write to its entry event, by write."""
     latencies: dict[str, list[float]] = {"create": [], "relabel": [], "delete": []}
@@ -440,21 +461,21 @@ async def churn(api: Api, watch: EntryWatch, sizes: Sizes) -> tuple[dict[str, li
 
 
 async def run_round(sizes: Sizes) -> Round:
-    result = Round()
-    emulator, url = start_emulator()
-    operator: subprocess.Popen[bytes] | None = None
-    try:
-        connector = aiohttp.TCPConnector(limit=sizes.inflight + 8)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            api = Api(session, url)
-            result.seed_seconds = await seed(api, sizes)
-            watch = EntryWatch(api)
-            await watch.start()
-            with tempfile.TemporaryDirectory(prefix="herald-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="herald-bench-") as name:
+        workdir = Path(name)
+        emulator, url = start_emulator(sizes.profile_emulator)
+        operator: subprocess.Popen[bytes] | None = None
+        try:
+            connector = aiohttp.TCPConnector(limit=sizes.inflight + 8)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                api = Api(session, url)
+                result = Round(seed_seconds=await seed(api, sizes))
+                watch = EntryWatch(api)
+                await watch.start()
                 port = free_port()
                 emulator_cpu = cpu_seconds(emulator.pid)
                 started = time.perf_counter()
-                operator = start_operator(url, Path(workdir), port)
+                operator = start_operator(url, workdir, port, sizes.profile)
                 ready = asyncio.create_task(wait_ready(session, port, started))
                 try:
                     async with asyncio.timeout(900):
@@ -465,14 +486,20 @@ async def run_round(sizes: Sizes) -> Round:
                 result.ready_seconds = await ready
                 result.operator_cpu = cpu_seconds(operator.pid)
                 result.emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
+                # The churn measures the steady state: after the start's status writes, Kopf's
+                # backlog of entry events and the registrar's heap settling.
+                result.quiet_seconds = await wait_quiet(operator.pid)
+                before = cpu_seconds(operator.pid), cpu_seconds(emulator.pid)
                 result.latencies, result.lost = await churn(api, watch, sizes)
+                result.churn_operator_cpu = cpu_seconds(operator.pid) - before[0]
+                result.churn_emulator_cpu = cpu_seconds(emulator.pid) - before[1]
                 await watch.stop()
-                result.operator_log = stop_operator(operator)
+                result.operator_log = stop_operator(operator, workdir)
                 operator = None
-    finally:
-        if operator is not None:
-            sys.stderr.write(stop_operator(operator)[-5000:])
-        stop_emulator(emulator)
+        finally:
+            if operator is not None:
+                sys.stderr.write(stop_operator(operator, workdir)[-5000:])
+            stop_emulator(emulator)
     return result
 
 
@@ -536,6 +563,14 @@ def report(sizes: Sizes, rounds: list[Round]) -> None:
         f"| **{percentile(everything, 0.99) * 1e3:.1f}** "
         f"| **{max(everything, default=float('nan')) * 1e3:.1f}** |"
     )
+    quiet = statistics.median(r.quiet_seconds for r in rounds)
+    print(f"\nthe churn started once the operator was idle, {quiet:.1f} s after the cold start")
+    operator_cpu = statistics.median(r.churn_operator_cpu for r in rounds)
+    emulator_cpu = statistics.median(r.churn_emulator_cpu for r in rounds)
+    print(
+        f"during the churn: operator CPU {operator_cpu / sizes.churn_seconds:.0%} of a core, "
+        f"emulator CPU {emulator_cpu / sizes.churn_seconds:.0%}"
+    )
     lost = sum(r.lost for r in rounds)
     if lost:
         print(f"\n{lost} writes saw no entry event within 10 s")
@@ -550,15 +585,28 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=8, help="driver requests in flight")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="50 namespaces, 1,000 pods, 3 s")
+    parser.add_argument("--profile", metavar="FILE", help="run the operator under cProfile")
+    parser.add_argument("--profile-emulator", metavar="FILE", help="the emulator, likewise")
+    parser.add_argument("--operator-log", metavar="FILE", help="write the operator's output here")
     args = parser.parse_args()
     if args.quick:
         args.namespaces, args.pods, args.churn_seconds = 50, 1_000, 3.0
-    sizes = Sizes(args.namespaces, args.pods, args.rate, args.churn_seconds, args.inflight)
+    sizes = Sizes(
+        args.namespaces,
+        args.pods,
+        args.rate,
+        args.churn_seconds,
+        args.inflight,
+        args.profile,
+        args.profile_emulator,
+    )
     rounds = []
     for number in range(1, args.rounds + 1):
         print(f"round {number}/{args.rounds} ...", flush=True)
         rounds.append(asyncio.run(run_round(sizes)))
     report(sizes, rounds)
+    if args.operator_log:
+        Path(args.operator_log).write_text("".join(r.operator_log for r in rounds))
 
 
 if __name__ == "__main__":

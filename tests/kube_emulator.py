@@ -417,6 +417,10 @@ class KubeEmulator(kmock.KubernetesScaffold):
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _tokens: dict[str, ServiceAccountToken] = attrs.field(factory=dict, init=False)
+    # For garbage collection without scanning the store: every object's key by UID, and the
+    # keys of the objects naming each UID as an owner.
+    _by_uid: dict[str, _Key] = attrs.field(factory=dict, init=False)
+    _dependents: dict[str, set[_Key]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -709,10 +713,17 @@ class KubeEmulator(kmock.KubernetesScaffold):
         self._rv += 1
         new = {**new, "metadata": {**new["metadata"], "resourceVersion": str(self._rv)}}
         kind = "DELETED" if deleted else "MODIFIED" if old is not None else "ADDED"
+        if old is not None:
+            for owner in _owner_uids(old):
+                self._dependents.get(owner, set()).discard(key)
         if deleted:
             del self._store[key]
+            self._by_uid.pop(new["metadata"]["uid"], None)
         else:
             self._store[key] = new
+            self._by_uid[new["metadata"]["uid"]] = key
+            for owner in _owner_uids(new):
+                self._dependents.setdefault(owner, set()).add(key)
         self._log.append(_Change(self._rv, key[:2], kind, old, new))
         self._wake_watches()
         if deleted:
@@ -720,10 +731,9 @@ class KubeEmulator(kmock.KubernetesScaffold):
         return new
 
     def _collect_dependents(self, owner_uid: str) -> None:
-        alive = {obj["metadata"]["uid"] for obj in self._store.values()}
-        for key, obj in list(self._store.items()):
-            owners = {ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []}
-            if owner_uid in owners and not owners & alive and key in self._store:
+        for key in list(self._dependents.pop(owner_uid, set())):
+            obj = self._store.get(key)
+            if obj is not None and not any(uid in self._by_uid for uid in _owner_uids(obj)):
                 self._delete(key, obj)
 
     def _wake_watches(self) -> None:
@@ -821,6 +831,10 @@ class KubeEmulator(kmock.KubernetesScaffold):
         """End every open watch stream (so the server can shut down without waiting)."""
         self._closing = True
         self._wake_watches()
+
+
+def _owner_uids(obj: Obj) -> set[str]:
+    return {str(ref.get("uid")) for ref in obj["metadata"].get("ownerReferences") or []}
 
 
 def _generated_name(prefix: str | None) -> str | None:

@@ -649,6 +649,8 @@ def test_run_command_serves_health_metrics_and_entries(
     process.terminate()
     output = process.communicate(timeout=20)[0].decode()
     assert process.returncode == 0, output[-3000:]
+    assert "heap settled" in output  # the first listing reconciled, the heap frozen
+    assert "Handler 'herald-pods' succeeded" not in output  # Kopf's per-event log is off
 
 
 def test_run_command_checks_its_flags(tmp_path: Path) -> None:
