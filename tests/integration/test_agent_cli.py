@@ -209,7 +209,12 @@ async def test_watch_prints_each_rotation_until_interrupted(agent: Agent) -> Non
             if line.startswith(b"SVID Valid Until:"):
                 expiries.append(line.decode())
         process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(process.wait(), OUTPUT_TIMEOUT)
+        try:
+            await asyncio.wait_for(process.wait(), OUTPUT_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            _, err = await process.communicate()
+            pytest.fail(f"watch did not exit on SIGINT; stderr: {err.decode()!r}")
     finally:
         if process.returncode is None:
             process.kill()
