@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from herald_agent.attestors.unix import UnixAttestor
-from herald_agent.endpoint import ENV_SOCKET, CallerRegistry, WorkloadEndpoint, endpoint_uri
+from herald_agent.endpoint import CallerRegistry, WorkloadEndpoint, endpoint_uri
 from herald_agent.svid_manager import SvidManager
 from herald_agent.workload_api import WorkloadApiService
+from herald_agent.workload_names import ENV_SOCKET
 from herald_core.entry import Entry
 from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.spiffeid import SpiffeId

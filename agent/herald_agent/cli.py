@@ -9,7 +9,6 @@ import click
 
 from herald_agent.client_cli import api, healthcheck
 from herald_core import __version__
-from herald_core.health import HealthServerError
 from herald_core.logs import setup_logging
 from herald_core.spirecli import SpireCommand, flag
 
@@ -74,6 +73,7 @@ def run(config_path: Path | None, join_token: str | None, **overrides: object) -
     from herald_agent.agent import run as run_agent
     from herald_agent.config import ConfigError, load_config
     from herald_agent.endpoint import EndpointError
+    from herald_core.health import HealthServerError
 
     overrides["node_attestor.join_token.token"] = join_token
     try:

@@ -28,10 +28,8 @@ from herald_agent.api_output import (
     x509_bundles_text,
     x509_text,
 )
-from herald_agent.config import DEFAULT_SOCKET_PATH
-from herald_agent.endpoint import ENV_SOCKET
-from herald_agent.workload_api import NO_IDENTITY
 from herald_agent.workload_client import HEADER, WorkloadSocket, resolve_socket
+from herald_agent.workload_names import DEFAULT_SOCKET_PATH, ENV_SOCKET, NO_IDENTITY
 from herald_core.durations import DurationError, parse_duration
 from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.spiffeid import SpiffeId, SpiffeIdError

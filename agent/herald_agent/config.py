@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from herald_agent.attestors.kubelet import SERVICE_ACCOUNT_DIR, KubeletConfig
+from herald_agent.workload_names import DEFAULT_SOCKET_PATH
 from herald_core.configfile import Address as Address
 from herald_core.configfile import ConfigError as ConfigError
 from herald_core.configfile import Section, check_socket_path, load_document
@@ -21,7 +22,6 @@ from herald_core.entry import EntryError, check_dns_name
 from herald_core.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
-DEFAULT_SOCKET_PATH: Final = Path("/run/herald/sockets/agent.sock")
 DEFAULT_DATA_DIR: Final = Path("/var/lib/herald/agent")
 # Not the server's 8080: in standalone mode both may run on one host.
 DEFAULT_HEALTH_ADDRESS: Final = Address("0.0.0.0", 8081)  # noqa: S104 - probes come from outside

@@ -37,7 +37,6 @@ from herald_core.logs import log_event
 from herald_core.unixsocket import SocketPathError
 from herald_core.unixsocket import prepare_socket_path as shared_prepare
 
-ENV_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"
 CALLER_NOT_IDENTIFIED: Final = "caller not identified"
 DEFAULT_MAX_STREAMS_PER_CONNECTION: Final = 100_000
 DEFAULT_MAX_PENDING_REQUESTS: Final = 100_000

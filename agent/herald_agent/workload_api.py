@@ -36,6 +36,7 @@ from herald_agent.attestors import AttestationError, WorkloadAttestor
 from herald_agent.endpoint import CallerRegistry
 from herald_agent.peercred import still_same
 from herald_agent.svid_manager import Identity, SvidManager, SvidManagerError
+from herald_agent.workload_names import NO_IDENTITY, SECURITY_HEADER, SECURITY_HEADER_VALUE
 from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
 from herald_core.jwtsvid import JwtSvidError, validate_jwt_svid
@@ -45,11 +46,8 @@ from herald_core.selector import Selector
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 SERVICE_NAME: Final = "SpiffeWorkloadAPI"
-SECURITY_HEADER: Final = "workload.spiffe.io"
-SECURITY_HEADER_VALUE: Final = "true"
 
 HEADER_MISSING: Final = "security header missing from request"
-NO_IDENTITY: Final = "no identity issued"
 ATTESTATION_FAILED: Final = "workload attestation failed"
 CALLER_GONE: Final = "could not verify existence of the original caller"
 AUDIENCE_REQUIRED: Final = "audience must be specified"

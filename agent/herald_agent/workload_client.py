@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import click
 import grpc
 
-from herald_agent.config import DEFAULT_SOCKET_PATH
-from herald_agent.endpoint import ENV_SOCKET
-from herald_agent.workload_api import SECURITY_HEADER, SECURITY_HEADER_VALUE
+from herald_agent.workload_names import (
+    DEFAULT_SOCKET_PATH,
+    ENV_SOCKET,
+    SECURITY_HEADER,
+    SECURITY_HEADER_VALUE,
+)
 from herald_core.proto.spiffe.workload import workload_pb2_grpc
 from herald_core.spirecli import check_socket, connect_once
 

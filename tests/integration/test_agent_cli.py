@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from herald_agent.client_cli import api, healthcheck
-from herald_agent.endpoint import ENV_SOCKET
-from herald_agent.workload_api import NO_IDENTITY
+from herald_agent.workload_names import ENV_SOCKET, NO_IDENTITY
 from herald_core.bundle import Bundle
 from herald_core.keys import generate_key
 from herald_core.spiffeid import TrustDomain
@@ -302,3 +302,14 @@ def test_both_unix_address_forms_name_the_socket(address: str) -> None:
     result = CliRunner().invoke(api, ["fetch", "x509"], env={ENV_SOCKET: address})
     assert result.exit_code == 1, result.output
     assert "Error: no Workload API socket at /nonexistent/agent.sock: " in result.output
+
+
+def test_the_client_commands_load_without_the_agents_engine() -> None:
+    # An exec probe runs `herald-agent healthcheck` every few seconds: it must start light.
+    probe = (
+        "import sys, herald_agent.cli; "
+        "print(sorted(m for m in ('aiohttp', 'herald_agent.agent', 'herald_agent.workload_api', "
+        "'herald_agent.config', 'kubernetes') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -28,13 +28,13 @@ import pytest
 
 from herald_agent.endpoint import (
     CALLER_NOT_IDENTIFIED,
-    ENV_SOCKET,
     Caller,
     EndpointError,
     WorkloadEndpoint,
     endpoint_uri,
 )
 from herald_agent.peercred import still_same
+from herald_agent.workload_names import ENV_SOCKET
 
 NOBODY = 65534
 SETPRIV_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
