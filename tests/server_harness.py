@@ -29,7 +29,7 @@ from herald_core.selector import parse_selectors
 from herald_core.spiffeid import SpiffeId
 from herald_core.wire import bundle_from_proto, entry_from_proto, entry_to_proto
 from herald_core.x509svid import certs_to_pem, parse_der_chain
-from herald_server.admin_api import admin_channel
+from herald_server.admin_client import admin_channel
 from herald_server.config import config_from_mapping
 from herald_server.server import HeraldServer
 

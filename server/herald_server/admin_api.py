@@ -27,6 +27,7 @@ from herald_core.selector import Selector, SelectorError
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_core.unixsocket import SocketPathError, prepare_socket_path
 from herald_core.wire import WireError, bundle_to_proto, entry_from_proto, entry_to_proto
+from herald_server.admin_client import CHANNEL_OPTIONS
 from herald_server.agents import TokenStore
 from herald_server.ca import CAError
 from herald_server.entries import (
@@ -39,13 +40,6 @@ from herald_server.entries import (
 )
 from herald_server.node_attestation import JoinTokenAttestor, agent_id_for
 
-# The socket is local and its callers are administrators: a listing of every entry of a large
-# cluster must fit in one response.
-MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
-CHANNEL_OPTIONS: Final = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-)
 JOIN_TOKENS_STANDALONE_ONLY: Final = (
     "join tokens are for standalone mode; Kubernetes agents attest with service account tokens"
 )
@@ -317,8 +311,3 @@ async def serve_admin(
     await server.start()
     log_event(_log, "info", "admin API listening", socket=str(socket_path))
     return server
-
-
-def admin_channel(socket_path: Path) -> grpc.aio.Channel:
-    """A client channel to the admin socket, accepting responses as large as the server sends."""
-    return grpc.aio.insecure_channel(f"unix:{socket_path}", options=CHANNEL_OPTIONS)

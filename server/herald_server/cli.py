@@ -22,7 +22,6 @@ from click.decorators import FC
 from herald_core import __version__
 from herald_core.durations import DurationError, format_duration, parse_duration
 from herald_core.entry import MAX_TTL_SECONDS, Entry, EntryError
-from herald_core.health import HealthServerError
 from herald_core.logs import setup_logging
 from herald_core.proto.herald.admin.v1 import admin_pb2, admin_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
@@ -38,8 +37,7 @@ from herald_core.spirecli import (
     timestamp,
 )
 from herald_core.wire import bundle_from_proto, entry_to_proto, selector_to_proto
-from herald_server.admin_api import AdminSocketError, admin_channel
-from herald_server.config import DEFAULT_ADMIN_SOCKET, ConfigError, load_config
+from herald_server.admin_client import DEFAULT_ADMIN_SOCKET, admin_channel
 
 RPC_TIMEOUT_SECONDS: Final = 30.0
 HEALTHCHECK_TIMEOUT_SECONDS: Final = 5.0
@@ -304,6 +302,12 @@ def run(
     data_dir: Path | None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
+    # Imported here so that the client commands start without loading the server.
+    from herald_core.health import HealthServerError
+    from herald_server.admin_api import AdminSocketError
+    from herald_server.config import ConfigError, load_config
+    from herald_server.server import run as run_server
+
     overrides = {
         "trust_domain": trust_domain,
         "log_level": log_level,
@@ -315,9 +319,6 @@ def run(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     setup_logging(config.log_level, config.log_format)
-    # Imported here so that the client commands start without loading the server.
-    from herald_server.server import run as run_server
-
     try:
         asyncio.run(run_server(config))
     except (ConfigError, AdminSocketError, HealthServerError) as exc:

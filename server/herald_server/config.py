@@ -28,15 +28,13 @@ from herald_core.entry import EntryError, check_dns_name
 from herald_core.keys import KeyType
 from herald_core.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
+from herald_server.admin_client import ADMIN_SOCKET_NAME, DEFAULT_ADMIN_SOCKET, DEFAULT_DATA_DIR
 from herald_server.ca import CASettings
 from herald_server.upstream import UpstreamAuthority
 
 Mode = Literal["standalone", "kubernetes"]
 MODES: Final[tuple[Mode, ...]] = ("standalone", "kubernetes")
 
-DEFAULT_DATA_DIR: Final = Path("/var/lib/herald/server")
-ADMIN_SOCKET_NAME: Final = "admin.sock"
-DEFAULT_ADMIN_SOCKET: Final = DEFAULT_DATA_DIR / ADMIN_SOCKET_NAME
 NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE: Final = "herald"
 MAX_MESSAGE_BYTES: Final = 2**31 - 1

@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -36,9 +37,9 @@ from herald_server.admin_api import (
     JOIN_TOKENS_STANDALONE_ONLY,
     AdminService,
     AdminSocketError,
-    admin_channel,
     serve_admin,
 )
+from herald_server.admin_client import admin_channel
 from herald_server.ca import CAManager, CASettings
 from herald_server.cli import main
 from herald_server.entries import EntryCache, ReadOnlyStoreError
@@ -876,3 +877,15 @@ async def test_run_fails_cleanly_when_startup_fails(tmp_path: Path, short_dir: P
         f"Error: admin socket path {blocker} exists and is not a socket; refusing to replace it\n"
     ), err
     assert "Traceback" not in err
+
+
+def test_the_client_commands_load_without_the_server() -> None:
+    # `entry create` in a script or an exec probe's `healthcheck` must not pay for the server.
+    probe = (
+        "import sys, herald_server.cli; "
+        "print(sorted(m for m in ('aiohttp', 'kubernetes', 'herald_server.server', "
+        "'herald_server.ca', 'herald_server.admin_api', 'herald_server.config') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
