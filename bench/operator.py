@@ -374,7 +374,9 @@ def entry_for(pod: str, source: str | None) -> Callable[[str, dict[str, Any]], b
 async def wait_ready(session: aiohttp.ClientSession, port: int, started: float) -> float:
     while True:
         try:
-            async with session.get(f"http://127.0.0.1:{port}/ready") as response:
+            # No keep-alive: an idle connection to the health server delays its exit by ~5 s.
+            ready = f"http://127.0.0.1:{port}/ready"
+            async with session.get(ready, headers={"Connection": "close"}) as response:
                 if response.status == 200:
                     return time.perf_counter() - started
         except aiohttp.ClientError:

@@ -19,7 +19,7 @@ import yaml
 
 from herald_core import __version__
 from herald_core.health import HealthServer, HealthServerError
-from herald_core.logs import parse_level, setup_logging
+from herald_core.logs import LogConfigError, parse_level, setup_logging
 from herald_core.spiffeid import SpiffeIdError, TrustDomain
 
 DEFAULT_IGNORED: Final = ("kube-system", "kube-public")
@@ -75,7 +75,9 @@ def _host_port(text: str) -> tuple[str, int]:
     try:
         return host or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
     except ValueError:
-        raise click.BadParameter(f"expected host:port, got {text!r}") from None
+        raise click.BadParameter(
+            f"expected host:port, got {text!r}", param_hint="--health-address"
+        ) from None
 
 
 @main.command(context_settings={"auto_envvar_prefix": "HERALD_OPERATOR"})
@@ -150,8 +152,12 @@ def run(
         resync_seconds=resync_seconds,
         tune_gc=True,
     )
+    try:
+        level = parse_level(log_level)
+    except LogConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log-level") from exc
     setup_logging(log_level)
-    if parse_level(log_level) > logging.DEBUG:
+    if level > logging.DEBUG:
         # Kopf logs "Handler ... succeeded" at info for every event: with 10,000 pods that is
         # most of the log and a measurable part of the CPU (docs/operator.md). Debug keeps them.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -663,6 +663,10 @@ def test_run_command_checks_its_flags(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--trust-domain" in result.output
     result = runner.invoke(main, ["run", "--cluster-name", "c", "--trust-domain", "spiffe://a/b"])
     assert result.exit_code == 2 and "--trust-domain" in result.output
+    result = runner.invoke(
+        main, ["run", "--cluster-name", "c", "--trust-domain", "a", "--log-level", "x"]
+    )
+    assert result.exit_code == 2 and "--log-level" in result.output
     config = tmp_path / "c.yaml"
     config.write_text("trust_domain: a\nsurprise: 1\n")
     result = runner.invoke(main, ["run", "--config", str(config)])
