@@ -184,7 +184,7 @@ async def _serve(
 
     from herald_operator.kubeapi import KubeApi
     from herald_operator.metrics import RegistrarMetrics
-    from herald_operator.registrar import Registrar, build_registry
+    from herald_operator.registrar import NoDiffBase, Registrar, build_registry
 
     loader: Any = kubernetes.config  # untyped in the client's stubs
     try:
@@ -197,6 +197,7 @@ async def _serve(
     await health.start()
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False  # herald posts its own Events, about identities only
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.peering.name = peering_name
     settings.peering.priority = priority
     settings.peering.clusterwide = True

@@ -179,6 +179,8 @@ class Registrar:
         self._announced: dict[IdentityKey, tuple[str, str]] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self._unsettled: set[PodKey] = set()  # pods listed at start Kopf has not delivered yet
+        # Entries being written, by (namespace, name): the spec sent, None for a delete.
+        self._in_flight: dict[tuple[str, str], Obj | None] = {}
 
     # --- readiness and lifecycle -------------------------------------------------------------
 
@@ -395,7 +397,7 @@ class Registrar:
             if (_meta(obj).get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGER:
                 return
             self._put_entry(obj)
-        if not self.synced:
+        if not self.synced or self._echo(event_type, obj):
             return
         # Someone else changed or deleted an entry: put back what the pod should have.
         pod_key = self._pod_by_uid.get(uid)
@@ -403,6 +405,14 @@ class Registrar:
             await self.reconcile_pod(pod_key)
         elif event_type != "DELETED":
             await self._reconcile_orphan(uid)
+
+    def _echo(self, event_type: str | None, obj: Obj) -> bool:
+        """Whether the event is our own write, seen before the API's answer to it arrived."""
+        key = _pod_key(obj)
+        if key not in self._in_flight:
+            return False
+        spec = self._in_flight[key]
+        return spec is None if event_type == "DELETED" else spec == obj.get("spec")
 
     # --- indexes -----------------------------------------------------------------------------
 
@@ -641,6 +651,18 @@ class Registrar:
     ) -> None:
         obj = desired.to_object() if desired is not None else dict(current or {})
         key = _pod_key(obj)
+        # The watch may deliver the write before its answer: on_entry must not take it for
+        # someone else's change (and reconcile the pod again).
+        self._in_flight[key] = obj["spec"] if desired is not None else None
+        try:
+            await self._send(verb, uid, desired, current, obj)
+        finally:
+            self._in_flight.pop(key, None)
+
+    async def _send(
+        self, verb: str, uid: str, desired: DesiredEntry | None, current: Obj | None, obj: Obj
+    ) -> None:
+        key = _pod_key(obj)
         try:
             if verb == "delete":
                 await asyncio.to_thread(self.api.delete_entry, key[0], key[1])
@@ -786,6 +808,27 @@ def _transition_time(previous: Mapping[str, Any], status: Mapping[str, Any]) -> 
 
 LoginFn = Callable[..., Any]
 _GROUP, _VERSION = API_VERSION.split("/")
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf's diff base, for handlers that compare an object's versions: herald has none.
+
+    On every event Kopf deep-copies the object into an "essence" and diffs it against the stored
+    one, for ``on.create``/``on.update`` handlers (and daemons); the registrar registers only
+    ``on.event`` handlers, which never read either. Set as
+    ``settings.persistence.diffbase_storage``, it saves a deep copy and a diff per event.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def build_registry(registrar: Registrar, *, login: LoginFn | None = None) -> kopf.OperatorRegistry:
