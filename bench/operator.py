@@ -11,9 +11,10 @@ and three ClusterSPIFFEIDs that together give every pod exactly one entry:
 Then it measures, watching WorkloadEntry objects on the emulator:
 
 (a) cold start: from spawning the operator to the last of the pods' entries appearing;
-(b) latency: a steady stream of pod writes at ``--rate`` per second (create a ``tier=web`` pod,
-    relabel an earlier one to ``tier=worker``, delete an earlier relabelled one), each timed from
-    sending the write to the entry event it causes (created, re-sourced, gone) arriving.
+(b) latency: once the operator is idle again, a steady stream of pod writes at ``--rate`` per
+    second (create a ``tier=web`` pod, relabel an earlier one to ``tier=worker``, delete an
+    earlier relabelled one), each timed from sending the write to the entry event it causes
+    (created, re-sourced, gone) arriving.
 
 The baseline is measured in the same run: seeding the pods is the emulator's raw create rate for
 the same number of objects, written by this driver with ``--inflight`` requests in flight; it is
@@ -24,6 +25,7 @@ operator are read from /proc, to show where the time goes.
                                        [--churn-seconds 20] [--rounds 1]
     .venv/bin/python bench/operator.py --quick      # 50 namespaces, 1,000 pods, 3 s of churn
     .venv/bin/python bench/operator.py --profile op.prof --profile-emulator emu.prof
+    .venv/bin/python bench/operator.py --quick --operator-log operator.log   # keep its output
 """
 
 from __future__ import annotations
