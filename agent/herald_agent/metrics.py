@@ -139,7 +139,8 @@ class MeasuredAttestor:
         started = time.perf_counter()
         try:
             selectors = await self._attestor.attest(pid)
-        except BaseException:
+        except Exception:
+            # A cancelled call (the caller hung up) is neither a success nor a failure.
             self._error.inc()
             raise
         finally:
