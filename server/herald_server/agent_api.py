@@ -127,10 +127,12 @@ class AgentAuthenticator:
             await _abort(
                 context, grpc.StatusCode.PERMISSION_DENIED, f"{agent_id} is not an agent ID"
             )
-        aliases = await self._standing(context, agent_id)
+        aliases = await self._standing(context, agent_id, leaf.serial_number)
         return AgentIdentity(agent_id, frozenset({agent_id}) | aliases, leaf.not_valid_after_utc)
 
-    async def _standing(self, context: _Context, agent_id: SpiffeId) -> frozenset[SpiffeId]:
+    async def _standing(
+        self, context: _Context, agent_id: SpiffeId, serial: int
+    ) -> frozenset[SpiffeId]:
         if self._registry is not None:
             record = await self._registry.get_agent(agent_id)
             if record is None or record.evicted:
@@ -139,6 +141,14 @@ class AgentAuthenticator:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"agent {agent_id} is {'evicted' if record else 'unknown'}; attest again",
                 )
+            if not record.accepts(serial):
+                await _abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"agent SVID {serial:x} of {agent_id} was superseded by a renewal",
+                )
+            if serial == record.new_svid_serial:
+                await self._registry.promote_agent_svid(agent_id, serial)
             return record.aliases
         node_uid = agent_id.path.rsplit("/", 1)[-1]
         if self._node_exists is not None and not self._node_exists(node_uid):

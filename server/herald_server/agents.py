@@ -53,7 +53,12 @@ class JoinTokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class AgentRecord:
-    """An attested agent, and the agent SVID it was last given."""
+    """An attested agent and its agent SVIDs.
+
+    ``svid_serial`` is the SVID the agent may use; ``new_svid_serial`` the one a renewal gave it,
+    not used yet. Once the agent presents the new one, the old one is refused: a copy of an agent
+    SVID stolen before a renewal stops working once the agent has moved on.
+    """
 
     agent_id: SpiffeId
     aliases: frozenset[SpiffeId]
@@ -61,6 +66,10 @@ class AgentRecord:
     svid_serial: int
     svid_expires_at: datetime
     evicted: bool
+    new_svid_serial: int | None = None
+
+    def accepts(self, serial: int) -> bool:
+        return serial in (self.svid_serial, self.new_svid_serial)
 
 
 def join_token_id(value: str) -> str:
@@ -87,7 +96,11 @@ class AgentRegistry(Protocol):
     async def update_agent_svid(
         self, agent_id: SpiffeId, serial: int, expires_at: datetime
     ) -> None:
-        """Record a renewed agent SVID; AgentNotFoundError for an unknown agent."""
+        """Record a renewed agent SVID as the agent's next one (the current one stays valid until
+        the new one is first used); AgentNotFoundError for an unknown agent."""
+
+    async def promote_agent_svid(self, agent_id: SpiffeId, serial: int) -> None:
+        """The agent used its renewed SVID ``serial``: from now on only that one is valid."""
 
     async def evict_agent(self, agent_id: SpiffeId) -> None:
         """Mark the agent evicted (it must attest again); AgentNotFoundError if unknown."""
@@ -113,8 +126,15 @@ class MemoryAgentRegistry:
     ) -> None:
         record = self._existing(agent_id)
         self._agents[agent_id] = dataclasses.replace(
-            record, svid_serial=serial, svid_expires_at=expires_at
+            record, new_svid_serial=serial, svid_expires_at=expires_at
         )
+
+    async def promote_agent_svid(self, agent_id: SpiffeId, serial: int) -> None:
+        record = self._agents.get(agent_id)
+        if record is not None and record.new_svid_serial == serial:
+            self._agents[agent_id] = dataclasses.replace(
+                record, svid_serial=serial, new_svid_serial=None
+            )
 
     async def evict_agent(self, agent_id: SpiffeId) -> None:
         self._agents[agent_id] = dataclasses.replace(self._existing(agent_id), evicted=True)

@@ -44,7 +44,7 @@ from herald_server.entries import (
 log = logging.getLogger(__name__)
 
 DB_FILENAME: Final = "herald.db"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _T = TypeVar("_T")
 
@@ -83,6 +83,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             evicted INTEGER NOT NULL
         )""",
     ),
+    # A renewed agent SVID waits here until the agent first uses it (AgentRecord).
+    ("ALTER TABLE agents ADD COLUMN new_svid_serial TEXT",),
 )
 # Column order of both statements is _entry_row's order (the UPDATE moves id to the end).
 _INSERT_ENTRY: Final = """
@@ -116,6 +118,10 @@ def _micros(when: dt.datetime) -> int:
 
 def _from_micros(value: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=value)
+
+
+def _optional_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _token_hash(value: str) -> bytes:
@@ -188,6 +194,7 @@ def _agent_from_row(row: sqlite3.Row) -> AgentRecord:
             svid_serial=int(row["svid_serial"]),
             svid_expires_at=_from_micros(row["svid_expires_at"]),
             evicted=bool(row["evicted"]),
+            new_svid_serial=_optional_int(row["new_svid_serial"]),
         )
     except (ValueError, TypeError) as exc:
         raise StoreCorruptError(f"stored agent {row['agent_id']!r} cannot be read: {exc}") from exc
@@ -300,10 +307,22 @@ class SqliteStore:
     async def update_agent_svid(
         self, agent_id: SpiffeId, serial: int, expires_at: dt.datetime
     ) -> None:
-        sql = "UPDATE agents SET svid_serial = ?, svid_expires_at = ? WHERE agent_id = ?"
+        sql = "UPDATE agents SET new_svid_serial = ?, svid_expires_at = ? WHERE agent_id = ?"
         await self._run(
             lambda conn: _update_agent(conn, agent_id, sql, (str(serial), _micros(expires_at)))
         )
+
+    async def promote_agent_svid(self, agent_id: SpiffeId, serial: int) -> None:
+        sql = (
+            "UPDATE agents SET svid_serial = new_svid_serial, new_svid_serial = NULL "
+            "WHERE agent_id = ? AND new_svid_serial = ?"
+        )
+
+        def promote(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(sql, (str(agent_id), str(serial)))
+
+        await self._run(promote)
 
     async def evict_agent(self, agent_id: SpiffeId) -> None:
         sql = "UPDATE agents SET evicted = 1 WHERE agent_id = ?"
@@ -514,7 +533,7 @@ def _register_agent(conn: sqlite3.Connection, record: AgentRecord) -> None:
     with _transaction(conn):
         conn.execute(
             "INSERT OR REPLACE INTO agents (agent_id, aliases, attested_at, svid_serial, "
-            "svid_expires_at, evicted) VALUES (?, ?, ?, ?, ?, ?)",
+            "svid_expires_at, evicted, new_svid_serial) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 str(record.agent_id),
                 json.dumps(sorted(str(a) for a in record.aliases)),
@@ -522,6 +541,7 @@ def _register_agent(conn: sqlite3.Connection, record: AgentRecord) -> None:
                 str(record.svid_serial),
                 _micros(record.svid_expires_at),
                 int(record.evicted),
+                None if record.new_svid_serial is None else str(record.new_svid_serial),
             ),
         )
 

@@ -26,7 +26,7 @@ from herald_core.keys import generate_key
 from herald_core.proto.herald.admin.v1 import admin_pb2
 from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
 from herald_core.spiffeid import SpiffeId, TrustDomain
-from herald_core.x509svid import certs_to_pem, verify_chain
+from herald_core.x509svid import certs_to_pem, parse_der_chain, verify_chain
 from herald_server.server import HeraldServer
 from tests.agent_harness import wait_for
 from tests.server_harness import (
@@ -365,6 +365,31 @@ async def test_renewal_keeps_the_id_and_refuses_a_foreign_one(server: HeraldServ
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     await agent.close()
+
+
+async def test_a_renewed_agent_svid_retires_the_old_one_once_used(server: HeraldServer) -> None:
+    agent = await new_agent(server)
+    old_stub = agent.stub(server)
+    key = generate_key()
+    renewed = await old_stub.RenewAgent(
+        agent_pb2.RenewAgentRequest(csr=make_csr(key, agent.spiffe_id))
+    )
+    chain = [c for der in renewed.svid.cert_chain for c in parse_der_chain(der)]
+    new = AgentCredentials(agent.spiffe_id, key, chain, agent.bundle)
+    get_bundle = agent_pb2.GetBundleRequest()
+
+    # Until the agent uses the new SVID, the old one still works (the answer may have been lost).
+    await old_stub.GetBundle(get_bundle)
+    await new.stub(server).GetBundle(get_bundle)
+    # Now a copy of the old one is worthless, on a fresh connection too.
+    old_again = AgentCredentials(agent.spiffe_id, agent.key, agent.chain, agent.bundle)
+    for stub in (old_stub, old_again.stub(server)):
+        error = await rpc_error(stub.GetBundle(get_bundle))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "superseded by a renewal" in (error.details() or "")
+    await new.stub(server).GetBundle(get_bundle)
+    for credentials in (agent, new, old_again):
+        await credentials.close()
 
 
 async def test_rate_limit(tmp_path: Path) -> None:

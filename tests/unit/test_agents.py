@@ -39,9 +39,13 @@ async def test_memory_registry_records_renewals_and_evictions() -> None:
     await registry.update_agent_svid(NODE_A, 2, later)
     await registry.evict_agent(NODE_B)
     assert await registry.list_agents() == [
-        dataclasses.replace(_agent(NODE_A), svid_serial=2, svid_expires_at=later),
+        dataclasses.replace(_agent(NODE_A), new_svid_serial=2, svid_expires_at=later),
         dataclasses.replace(_agent(NODE_B), evicted=True),
     ]
+    await registry.promote_agent_svid(NODE_A, 2)
+    assert await registry.get_agent(NODE_A) == dataclasses.replace(
+        _agent(NODE_A), svid_serial=2, svid_expires_at=later
+    )
     await registry.register(_agent(NODE_B))
     assert await registry.get_agent(NODE_B) == _agent(NODE_B)
 

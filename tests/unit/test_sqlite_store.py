@@ -231,6 +231,25 @@ async def test_newer_schema_is_refused(store: SqliteStore, db_path: Path, clock:
     assert str(db_path) in str(info.value)
 
 
+async def test_a_version_1_store_is_migrated_keeping_its_agents(
+    store: SqliteStore, db_path: Path, clock: FakeClock
+) -> None:
+    await store.register(_agent())
+    await store.stop()
+    with sqlite3.connect(db_path) as conn:  # back to the schema herald 0.1 wrote
+        conn.execute("ALTER TABLE agents DROP COLUMN new_svid_serial")
+        conn.execute("UPDATE schema_version SET version = 1")
+    migrated = SqliteStore(db_path, clock=clock)
+    await migrated.start()
+    try:
+        assert await migrated.get_agent(AGENT) == _agent()
+        await migrated.update_agent_svid(AGENT, 8, dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+        assert (await migrated.get_agent(AGENT)).new_svid_serial == 8  # type: ignore[union-attr]
+    finally:
+        await migrated.stop()
+    assert _rows(db_path, "SELECT version FROM schema_version") == [(2,)]
+
+
 async def test_garbage_file_is_refused_naming_it(db_path: Path) -> None:
     await asyncio.to_thread(db_path.write_bytes, b"not a database, just bytes\n" * 200)
     with pytest.raises(StoreFileError, match="not a usable SQLite database") as info:
@@ -333,10 +352,20 @@ async def test_agent_registry(store: SqliteStore) -> None:
     renewed_until = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     await store.update_agent_svid(AGENT, 99, renewed_until)
     await store.evict_agent(OTHER_AGENT)
+    renewed = dataclasses.replace(
+        _agent(serial=huge_serial), new_svid_serial=99, svid_expires_at=renewed_until
+    )
     assert await store.list_agents() == [
-        dataclasses.replace(_agent(), svid_serial=99, svid_expires_at=renewed_until),
+        renewed,
         dataclasses.replace(_agent(OTHER_AGENT), evicted=True),
     ]
+    assert renewed.accepts(huge_serial) and renewed.accepts(99)
+    await store.promote_agent_svid(AGENT, 98)  # not the pending one: nothing changes
+    assert await store.get_agent(AGENT) == renewed
+    await store.promote_agent_svid(AGENT, 99)
+    promoted = await store.get_agent(AGENT)
+    assert promoted == dataclasses.replace(renewed, svid_serial=99, new_svid_serial=None)
+    assert not promoted.accepts(huge_serial)
     await store.register(_agent(OTHER_AGENT))
     assert (await store.get_agent(OTHER_AGENT)) == _agent(OTHER_AGENT)
 
