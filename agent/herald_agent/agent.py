@@ -65,6 +65,7 @@ class HeraldAgent:
         self._endpoint: WorkloadEndpoint | None = None
         self._kubelet: KubeletClient | None = None
         self._pending_save: Attested | None = None
+        self._saved: Attested | None = None
         self._saver: asyncio.Task[None] | None = None
 
     @property
@@ -117,6 +118,7 @@ class HeraldAgent:
             attested,
             config.server_name,
             on_update=self._save,
+            keep_renewal=self._save_now,
         )
         self.manager = SvidManager(
             self._client,
@@ -231,9 +233,15 @@ class HeraldAgent:
     # Persistence: one writer at a time, always the latest state
 
     def _save(self, attested: Attested) -> None:
+        if _same(attested, self._pending_save or self._saved):
+            return
         self._pending_save = attested
         if self._saver is None or self._saver.done():
             self._saver = asyncio.create_task(self._write_pending(), name="herald-agent-save")
+
+    async def _save_now(self, attested: Attested) -> None:
+        self._save(attested)
+        await self._flush()
 
     async def _flush(self) -> None:
         if self._saver is not None:
@@ -244,6 +252,7 @@ class HeraldAgent:
             attested, self._pending_save = self._pending_save, None
             try:
                 await asyncio.to_thread(self._store.save, attested)
+                self._saved = attested
             except OSError as exc:
                 log_event(
                     _log,
@@ -252,6 +261,11 @@ class HeraldAgent:
                     path=str(self._store.path),
                     error=exc.strerror or str(exc),
                 )
+
+
+def _same(attested: Attested, other: Attested | None) -> bool:
+    """The very same SVID and bundle objects: nothing new to write."""
+    return other is not None and attested.svid is other.svid and attested.bundle is other.bundle
 
 
 async def run(config: AgentConfig) -> None:

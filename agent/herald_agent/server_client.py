@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -193,12 +193,15 @@ async def attest_k8s_psat(
 
 
 UpdateListener = Callable[[Attested], None]
+RenewalKeeper = Callable[[Attested], Awaitable[None]]
 
 
 class ServerClient:
     """The attested agent's connection to the agent port, following SVID and bundle changes.
 
     ``on_update`` is told of every new agent SVID or bundle (to persist them, say).
+    ``keep_renewal`` is awaited with a renewed SVID before any call uses it: from its first use
+    on, the server refuses the previous one, so it must be stored first.
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class ServerClient:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_update: UpdateListener | None = None,
+        keep_renewal: RenewalKeeper | None = None,
     ) -> None:
         self.address = address
         self.server_name = server_name
@@ -216,6 +220,7 @@ class ServerClient:
         self.svid = attested.svid
         self.bundle = attested.bundle
         self._on_update = on_update
+        self._keep_renewal = keep_renewal
         self.renewals = 0
         # Counts channel replacements, so a stream cut by one is told apart from a failure.
         self.channel_generation = 0
@@ -293,6 +298,8 @@ class ServerClient:
             raise ServerClientError(
                 f"renewal returned {svid.spiffe_id}, but this agent is {self.svid.spiffe_id}"
             )
+        if self._keep_renewal is not None:
+            await self._keep_renewal(Attested(svid, self.bundle))
         self.svid = svid
         self.renewals += 1
         self._replace_channel()

@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from herald_agent.server_client import (
+    AgentSvid,
     Attested,
     ServerClient,
     ServerClientError,
@@ -30,6 +31,7 @@ from herald_agent.svid_manager import SvidManager, SvidManagerError
 from herald_core.entry import Entry
 from herald_core.keys import generate_key, private_key_to_pem
 from herald_core.proto.herald.admin.v1 import admin_pb2
+from herald_core.proto.herald.agent.v1 import agent_pb2
 from herald_core.selector import parse_selectors
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import entry_to_proto
@@ -303,6 +305,38 @@ async def test_agent_svid_is_renewed_and_the_new_one_is_used(tmp_path: Path) -> 
         await wait_for(lambda: manager.svid("late") is not None, within=3.0)
     finally:
         await manager.stop()
+        await client.close()
+        await server.stop()
+
+
+async def test_a_renewed_svid_is_kept_before_any_call_uses_it(tmp_path: Path) -> None:
+    # Once the server sees the new SVID it refuses the old one (standalone): it must be stored
+    # (keep_renewal) before a call can present it, or a crash there would lock the agent out.
+    server = await start_server(tmp_path)
+    attested = await attest_join_token(
+        f"127.0.0.1:{server.attestation_port}",
+        await join_token(server),
+        server.ca.bundle().x509_authorities,
+        SERVER_NAME,
+    )
+    seen: list[tuple[int, int, int]] = []
+
+    def serial(svid: AgentSvid) -> int:
+        return svid.chain[0].serial_number
+
+    async def keep(renewed: Attested) -> None:
+        seen.append((client.channel_generation, serial(client.svid), serial(renewed.svid)))
+
+    client = ServerClient(
+        f"127.0.0.1:{server.agent_port}", attested, SERVER_NAME, keep_renewal=keep
+    )
+    try:
+        old = serial(client.svid)
+        new = serial(await client.renew())
+        assert seen == [(0, old, new)], "kept while the old channel and SVID were still in use"
+        assert (client.channel_generation, serial(client.svid)) == (1, new)
+        await client.stub().GetBundle(agent_pb2.GetBundleRequest())
+    finally:
         await client.close()
         await server.stop()
 
