@@ -261,17 +261,28 @@ def show_exchange(greeter: dict[str, Any], caller: dict[str, Any]) -> None:
     print(f"caller got:    {caller['reply']!r}")
 
 
-def try_by_hand(demo: Path, sock: Path) -> None:
+def fetch_by_hand(sock: Path) -> None:
+    """What `herald-agent api fetch x509` prints for this user, as typed in a shell."""
+    print(f"$ herald-agent api fetch x509 -socketPath {sock}")
+    print(command("herald-agent", "api", "fetch", "x509", "-socketPath", str(sock)).rstrip())
+
+
+def try_by_hand(demo: Path, sock: Path, *, running: bool) -> None:
     agent = BIN / "herald-agent"
+    if running:
+        intro = "Try it yourself while this runs (another terminal, same user):"
+    else:
+        intro = "Run `make demo` in a terminal to keep the server and agent up, then try:"
     print(
-        "\nTry it yourself while this runs (another terminal, same user):\n"
+        f"\n{intro}\n"
         f"  {agent} api fetch x509 -socketPath {sock}\n"
         f"  {agent} api fetch x509 -socketPath {sock} -write /tmp/svids\n"
         f"  {agent} api fetch jwt -audience demo -socketPath {sock}\n"
         f"  {agent} api watch -socketPath {sock}\n"
-        f"  {BIN / 'herald-server'} entry show -socketPath {demo / 'server' / 'admin.sock'}\n"
-        "Press Ctrl-C to stop the server and the agent."
+        f"  {BIN / 'herald-server'} entry show -socketPath {demo / 'server' / 'admin.sock'}"
     )
+    if running:
+        print("Press Ctrl-C to stop the server and the agent.")
 
 
 def main() -> int:
@@ -300,9 +311,12 @@ def main() -> int:
         print(f"both SVIDs were on the socket {took * 1000:.0f} ms after `entry create` returned")
         step("4. Two py-spiffe / spiffe-tls workloads: mutual TLS, each checking the other's ID")
         show_exchange(*run_workloads(sock))
+        step("5. The same identities from the command line")
+        fetch_by_hand(sock)
         step("Done: each workload got its identity because the kernel said which user called")
-        if sys.stdin.isatty():
-            try_by_hand(demo, sock)
+        running = sys.stdin.isatty()
+        try_by_hand(demo, sock, running=running)
+        if running:
             signal.pause()
     except DemoError as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)

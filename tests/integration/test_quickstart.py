@@ -31,6 +31,10 @@ def test_the_quickstart_runs_to_a_verified_mtls_exchange(tmp_path: Path) -> None
     assert f"greeter: verified its peer as {caller} over TLSv1.3" in out
     assert f"caller: verified its peer as {greeter} over TLSv1.3" in out
     assert f"caller got:    \"hello {caller}, you said 'hi greeter'\"" in out
+    fetched = out[out.index("$ herald-agent api fetch x509") :]
+    assert "Received 2 svids after" in fetched
+    assert f"SPIFFE ID:\t\t{greeter}" in fetched and f"SPIFFE ID:\t\t{caller}" in fetched
+    assert "api fetch x509 -socketPath" in out[out.index("Run `make demo` in a terminal") :]
     # Without a terminal the demo stops what it started: nothing is left serving the socket.
     assert not (tmp_path / "demo" / "sockets" / "agent.sock").exists()
 
