@@ -10,7 +10,7 @@ import click
 from herald_agent.client_cli import api, healthcheck
 from herald_core import __version__
 from herald_core.logs import setup_logging
-from herald_core.spirecli import SpireCommand, flag
+from herald_core.spirecli import SpireCommand, flag, run_flags
 
 
 @click.group(
@@ -33,13 +33,7 @@ class _ConfigProblem(click.ClickException):
 
 
 @main.command(cls=SpireCommand)
-@flag(
-    "config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="YAML configuration file (docs/agent.md lists every field).",
-)
-@flag("trustDomain", "trust_domain", help="Trust domain; overrides trust_domain.")
+@run_flags("docs/agent.md")
 @flag(
     "serverAddress",
     "server_address",
@@ -58,14 +52,6 @@ class _ConfigProblem(click.ClickException):
     type=click.Path(path_type=Path, dir_okay=False),
     help="Workload API socket; overrides socket_path.",
 )
-@flag(
-    "dataDir",
-    "data_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Data directory; overrides data_dir.",
-)
-@flag("logLevel", "log_level", help="debug, info, warn or error; overrides log_level.")
-@flag("logFormat", "log_format", help="text or json; overrides log_format.")
 def run(config_path: Path | None, join_token: str | None, **overrides: object) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
     # Imported here so that the client commands start without loading the agent's engine.

@@ -84,6 +84,37 @@ def flag(name: str, *rest: str, **kwargs: Any) -> Callable[[FC], FC]:
     return click.option(f"-{name}", f"--{name}", *rest, **kwargs)
 
 
+def run_flags(fields_doc: str) -> Callable[[FC], FC]:
+    """The flags every ``run`` command takes: the config file and the overrides all share.
+
+    ``fields_doc`` names the page that lists the configuration's fields.
+    """
+    flags = (
+        flag(
+            "config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"YAML configuration file ({fields_doc} lists every field).",
+        ),
+        flag("trustDomain", "trust_domain", help="Trust domain; overrides trust_domain."),
+        flag(
+            "dataDir",
+            "data_dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Data directory; overrides data_dir.",
+        ),
+        flag("logLevel", "log_level", help="debug, info, warn or error; overrides log_level."),
+        flag("logFormat", "log_format", help="text or json; overrides log_format."),
+    )
+
+    def apply(command: FC) -> FC:
+        for add in reversed(flags):
+            command = add(command)
+        return command
+
+    return apply
+
+
 def output_flag() -> Callable[[FC], FC]:
     return flag(
         "output",

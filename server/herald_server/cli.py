@@ -34,6 +34,7 @@ from herald_core.spirecli import (
     flag,
     output_flag,
     print_json,
+    run_flags,
     timestamp,
 )
 from herald_core.wire import bundle_from_proto, entry_to_proto, selector_to_proto
@@ -279,21 +280,7 @@ def main() -> None:
 
 
 @main.command()
-@flag(
-    "config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="YAML configuration file (docs/server-cli.md lists every field).",
-)
-@flag("trustDomain", "trust_domain", help="Trust domain; overrides trust_domain.")
-@flag("logLevel", "log_level", help="debug, info, warn or error; overrides log_level.")
-@flag("logFormat", "log_format", help="text or json; overrides log_format.")
-@flag(
-    "dataDir",
-    "data_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Data directory; overrides data_dir.",
-)
+@run_flags("docs/server-cli.md")
 def run(
     config_path: Path | None,
     trust_domain: str | None,
