@@ -203,9 +203,17 @@ async def _serve(
     settings.peering.clusterwide = True
     settings.peering.mandatory = not standalone
     settings.peering.standalone = standalone
+    registry = build_registry(registrar)
+
+    # Kopf waits up to 5 s at exit for tasks started while it ran, such as the handler of a
+    # scraper's keep-alive connection; closing the health server in its cleanup phase ends them.
+    @kopf.on.cleanup(registry=registry)
+    async def stop_health(**_: Any) -> None:
+        await health.stop()
+
     try:
         await kopf.operator(
-            registry=build_registry(registrar),
+            registry=registry,
             settings=settings,
             clusterwide=True,
             standalone=standalone,
