@@ -1,4 +1,4 @@
-"""Fixtures every test package shares: the Kubernetes API emulator."""
+"""Fixtures every test package shares: the Kubernetes API emulator, pod cgroups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kube_emulator import KubeCluster
+from tests.pod_cgroups import CgroupMaker
 
 
 @pytest.fixture
@@ -19,3 +20,13 @@ def kube() -> Iterator[KubeCluster]:
         errors = cluster.stop()
     if errors:
         pytest.fail(f"the Kubernetes emulator failed while serving: {errors!r}")
+
+
+@pytest.fixture
+def cgroups() -> Iterator[CgroupMaker]:
+    """Makes kubelet-shaped cgroups (tests/pod_cgroups.py) and removes them afterwards."""
+    maker = CgroupMaker()
+    try:
+        yield maker
+    finally:
+        maker.cleanup()
