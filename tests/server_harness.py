@@ -32,6 +32,7 @@ from herald_core.x509svid import certs_to_pem, parse_der_chain
 from herald_server.admin_client import admin_channel
 from herald_server.config import config_from_mapping
 from herald_server.server import HeraldServer
+from tests.kube_emulator import KubeCluster
 
 TRUST_DOMAIN = "example.org"
 SERVER_NAME = "herald-server.test"
@@ -193,3 +194,68 @@ async def attested_manager(server: HeraldServer) -> SvidManager:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+# --- Kubernetes mode, against the API emulator ----------------------------------------------------
+
+NS = "herald"
+AUDIENCE = "herald-server"
+
+
+def kube_config(tmp: Path, name: str) -> dict[str, Any]:
+    doc = standalone_config(tmp / name)
+    doc.update(
+        mode="kubernetes",
+        kubernetes={
+            "namespace": NS,
+            "cluster_name": "test",
+            "agent_service_accounts": ["herald-agent"],
+        },
+    )
+    return doc
+
+
+async def start_kubernetes_server(kube: KubeCluster, tmp: Path, name: str = "a") -> HeraldServer:
+    config = config_from_mapping(kube_config(tmp, name), base_dir=tmp)
+    server = HeraldServer(config, api_client_factory=kube.api_client)
+    await server.start()
+    return server
+
+
+def add_node(kube: KubeCluster, name: str) -> str:
+    node = kube.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    return str(node["metadata"]["uid"])
+
+
+def add_agent_pod(kube: KubeCluster, node: str, token: str, **token_args: Any) -> str:
+    pod = kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"herald-agent-{node}", "namespace": NS},
+            "spec": {"nodeName": node, "serviceAccountName": "herald-agent", "containers": []},
+        }
+    )
+    args: dict[str, Any] = {
+        "namespace": NS,
+        "service_account": "herald-agent",
+        "pod_name": pod["metadata"]["name"],
+        "pod_uid": pod["metadata"]["uid"],
+        "audiences": [AUDIENCE],
+    }
+    args.update(token_args)
+    kube.add_service_account_token(token, **args)
+    return str(pod["metadata"]["uid"])
+
+
+def workload_entry(name: str, node: str, path: str, namespace: str = "shop") -> dict[str, Any]:
+    return {
+        "apiVersion": "herald.dev/v1alpha1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "spiffeID": f"spiffe://example.org{path}",
+            "nodeName": node,
+            "selectors": [f"k8s:pod-uid:{name}-uid"],
+        },
+    }

@@ -36,20 +36,18 @@ from herald_core.spiffeid import SpiffeId
 from herald_core.x509svid import parse_der_chain
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
-from tests.integration.test_server_kubernetes import (
-    AUDIENCE,
-    NS,
-    add_agent_pod,
-    add_node,
-    kube_config,
-)
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
+    AUDIENCE,
+    NS,
     SERVER_NAME,
+    add_agent_pod,
+    add_node,
     create_entry,
     fixed_ports,
     free_port,
     join_token,
+    kube_config,
     start_server,
     utcnow,
 )

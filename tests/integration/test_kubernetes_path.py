@@ -29,11 +29,15 @@ from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
 from tests.fake_kubelet import TOKEN, FakeKubelet, Tls, make_tls, site_port
 from tests.integration.test_registrar import Operator, cluster_identity
-from tests.integration.test_server_kubernetes import add_agent_pod, add_node, kube_config
 from tests.kube_emulator import KubeCluster
 from tests.kubelet_pods import NODE, Container, Pod, hex64, pod_list
 from tests.pod_cgroups import CgroupMaker, v2_pod_cgroup
-from tests.server_harness import SERVER_NAME
+from tests.server_harness import (
+    SERVER_NAME,
+    add_agent_pod,
+    add_node,
+    kube_config,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

@@ -21,81 +21,23 @@ from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
 from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import bundle_from_proto
 from herald_core.x509svid import load_pem_certs, parse_der_chain, verify_chain
-from herald_server.config import config_from_mapping
 from herald_server.server import HeraldServer
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
+    NS,
     AgentCredentials,
+    add_agent_pod,
+    add_node,
     admin_stub,
     leaf_of,
-    standalone_config,
+    start_kubernetes_server,
     tls_channel,
     utcnow,
+    workload_entry,
 )
 
 pytestmark = pytest.mark.timeout(90)
 TD = TrustDomain("example.org")
-NS = "herald"
-AUDIENCE = "herald-server"
-
-
-def kube_config(tmp: Path, name: str) -> dict[str, Any]:
-    doc = standalone_config(tmp / name)
-    doc.update(
-        mode="kubernetes",
-        kubernetes={
-            "namespace": NS,
-            "cluster_name": "test",
-            "agent_service_accounts": ["herald-agent"],
-        },
-    )
-    return doc
-
-
-async def start(kube: KubeCluster, tmp: Path, name: str = "a") -> HeraldServer:
-    config = config_from_mapping(kube_config(tmp, name), base_dir=tmp)
-    server = HeraldServer(config, api_client_factory=kube.api_client)
-    await server.start()
-    return server
-
-
-def add_node(kube: KubeCluster, name: str) -> str:
-    node = kube.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
-    return str(node["metadata"]["uid"])
-
-
-def add_agent_pod(kube: KubeCluster, node: str, token: str, **token_args: Any) -> str:
-    pod = kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"herald-agent-{node}", "namespace": NS},
-            "spec": {"nodeName": node, "serviceAccountName": "herald-agent", "containers": []},
-        }
-    )
-    args: dict[str, Any] = {
-        "namespace": NS,
-        "service_account": "herald-agent",
-        "pod_name": pod["metadata"]["name"],
-        "pod_uid": pod["metadata"]["uid"],
-        "audiences": [AUDIENCE],
-    }
-    args.update(token_args)
-    kube.add_service_account_token(token, **args)
-    return str(pod["metadata"]["uid"])
-
-
-def workload_entry(name: str, node: str, path: str, namespace: str = "shop") -> dict[str, Any]:
-    return {
-        "apiVersion": "herald.dev/v1alpha1",
-        "kind": "WorkloadEntry",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "spiffeID": f"spiffe://example.org{path}",
-            "nodeName": node,
-            "selectors": [f"k8s:pod-uid:{name}-uid"],
-        },
-    }
 
 
 async def psat_attest(server: HeraldServer, token: str, cluster: str = "test") -> AgentCredentials:
@@ -129,7 +71,7 @@ async def eventually(check: Any, within: float = 10.0) -> Any:
 async def cluster(
     kube: KubeCluster, tmp_path: Path
 ) -> AsyncIterator[tuple[KubeCluster, HeraldServer]]:
-    server = await start(kube, tmp_path)
+    server = await start_kubernetes_server(kube, tmp_path)
     yield kube, server
     await server.stop()
 
@@ -242,8 +184,8 @@ async def test_ca_secret_bundle_configmap_lease_and_read_only_entries(
 
 
 async def test_replicas_share_the_ca_and_one_leads(kube: KubeCluster, tmp_path: Path) -> None:
-    first = await start(kube, tmp_path, "a")
-    second = await start(kube, tmp_path, "b")
+    first = await start_kubernetes_server(kube, tmp_path, "a")
+    second = await start_kubernetes_server(kube, tmp_path, "b")
     try:
         assert first.ca.bundle() == second.ca.bundle(), "one trust domain, one CA"
         leaders = [s for s in (first, second) if s._is_leader()]

@@ -37,22 +37,20 @@ from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import entry_to_proto
 from herald_core.x509svid import X509Svid, certs_to_pem, make_ca_certificate, verify_chain
 from herald_server.server import HeraldServer
-from tests.integration.test_server_kubernetes import (
-    add_agent_pod,
-    add_node,
-    workload_entry,
-)
-from tests.integration.test_server_kubernetes import start as start_kubernetes_server
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     SERVER_NAME,
+    add_agent_pod,
+    add_node,
     admin_stub,
     attested_manager,
     create_entry,
     fixed_ports,
     join_token,
+    start_kubernetes_server,
     start_server,
     utcnow,
+    workload_entry,
 )
 
 pytestmark = pytest.mark.timeout(90)
