@@ -3,6 +3,8 @@
 The harness starts HeraldServer exactly as `herald-server run` does (real SQLite, real CA
 directory, real TLS and mTLS gRPC servers, admin socket); `AgentCredentials` is what an agent
 holds after attesting: its key, its SVID chain and the bundle, and it opens mTLS channels.
+In Kubernetes mode (`start_kubernetes_server`) the server runs against the API emulator, with
+`add_node` / `add_agent_pod` making the objects k8s_psat attestation checks.
 """
 
 from __future__ import annotations
