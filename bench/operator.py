@@ -128,7 +128,13 @@ def stop_emulator(process: subprocess.Popen[str]) -> None:
 
 
 def start_operator(
-    url: str, workdir: Path, port: int, profile: str | None
+    url: str,
+    workdir: Path,
+    port: int,
+    profile: str | None,
+    *,
+    trust_domain: str = "bench.example",
+    cluster_name: str = "bench",
 ) -> subprocess.Popen[bytes]:
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
@@ -151,9 +157,9 @@ def start_operator(
             *command,
             "run",
             "--trust-domain",
-            "bench.example",
+            trust_domain,
             "--cluster-name",
-            "bench",
+            cluster_name,
             "--standalone",
             "--resync-seconds",
             "0",
