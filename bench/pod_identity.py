@@ -31,7 +31,7 @@ from herald_agent.config import config_from_mapping as agent_config
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
 from tests.kube_emulator import KubeCluster
-from tests.server_harness import SERVER_NAME, add_agent_pod, add_node, kube_config
+from tests.server_harness import add_agent_pod, add_node, k8s_agent_doc, kube_config
 
 NODE = "node-a"
 NAMESPACE = "shop"
@@ -70,23 +70,8 @@ def direct_entry(name: str) -> dict[str, Any]:
 def node_agent(tmp: Path, server: HeraldServer) -> HeraldAgent:
     token_file = tmp / "psat-token"
     token_file.write_text("agent-token\n")
-    bundle = tmp / "bundle.pem"
-    bundle.write_bytes(server.ca.bundle().x509_pem())
-    config = agent_config(
-        {
-            "trust_domain": "example.org",
-            "server_address": f"127.0.0.1:{server.agent_port}",
-            "attestation_address": f"127.0.0.1:{server.attestation_port}",
-            "server_name": SERVER_NAME,
-            "trust_bundle_path": str(bundle),
-            "socket_path": str(tmp / "agent.sock"),
-            "data_dir": str(tmp / "agent-data"),
-            "health_address": "127.0.0.1:0",
-            "node_attestor": {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}},
-        },
-        base_dir=tmp,
-    )
-    return HeraldAgent(config)
+    doc = k8s_agent_doc(tmp, server, token_file, tmp / "agent.sock")
+    return HeraldAgent(agent_config(doc, base_dir=tmp))
 
 
 async def svid_after(

@@ -261,3 +261,29 @@ def workload_entry(name: str, node: str, path: str, namespace: str = "shop") -> 
             "selectors": [f"k8s:pod-uid:{name}-uid"],
         },
     }
+
+
+def agent_doc(tmp: Path, server: HeraldServer, socket_path: Path) -> dict[str, Any]:
+    """An agent configuration for ``server`` without its node attestor; the server's bundle is
+    written to ``tmp`` as the agent's bootstrap."""
+    bundle = tmp / "bundle.pem"
+    bundle.write_bytes(server.ca.bundle().x509_pem())
+    return {
+        "trust_domain": TRUST_DOMAIN,
+        "server_address": f"127.0.0.1:{server.agent_port}",
+        "attestation_address": f"127.0.0.1:{server.attestation_port}",
+        "server_name": SERVER_NAME,
+        "trust_bundle_path": str(bundle),
+        "socket_path": str(socket_path),
+        "data_dir": str(tmp / "agent-data"),
+        "health_address": "127.0.0.1:0",
+    }
+
+
+def k8s_agent_doc(
+    tmp: Path, server: HeraldServer, token_file: Path, socket_path: Path
+) -> dict[str, Any]:
+    """`agent_doc` for a k8s_psat agent (cluster ``test``) reading its token from ``token_file``."""
+    doc = agent_doc(tmp, server, socket_path)
+    doc["node_attestor"] = {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}}
+    return doc

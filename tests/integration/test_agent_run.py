@@ -43,10 +43,12 @@ from tests.server_harness import (
     SERVER_NAME,
     add_agent_pod,
     add_node,
+    agent_doc,
     create_entry,
     fixed_ports,
     free_port,
     join_token,
+    k8s_agent_doc,
     kube_config,
     start_server,
     utcnow,
@@ -151,21 +153,9 @@ def socket_dir() -> Iterator[Path]:
 
 
 def write_config(tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any) -> AgentProcess:
-    bundle = tmp / "bundle.pem"
-    bundle.write_bytes(server.ca.bundle().x509_pem())
     health_port = free_port()
-    doc: dict[str, Any] = {
-        "trust_domain": "example.org",
-        "server_address": f"127.0.0.1:{server.agent_port}",
-        "attestation_address": f"127.0.0.1:{server.attestation_port}",
-        "server_name": SERVER_NAME,
-        "trust_bundle_path": "bundle.pem",
-        "socket_path": str(socket_dir / "agent.sock"),
-        "data_dir": "agent-data",
-        "health_address": f"127.0.0.1:{health_port}",
-        "log_level": "debug",
-    }
-    doc.update(extra)
+    doc = agent_doc(tmp, server, socket_dir / "agent.sock")
+    doc.update(health_address=f"127.0.0.1:{health_port}", log_level="debug", **extra)
     path = tmp / "agent.yaml"
     path.write_text(yaml.safe_dump(doc))
     return AgentProcess(path, socket_dir / "agent.sock", tmp / "agent-data", health_port)
@@ -413,20 +403,8 @@ async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
     pod_uid = add_agent_pod(kube, "node-a", "token-1")
     token_file = tmp_path / "psat-token"
     token_file.write_text("token-1\n")
-    bundle = tmp_path / "bundle.pem"
-    bundle.write_bytes(server.ca.bundle().x509_pem())
     config = agent_config(
-        {
-            "trust_domain": "example.org",
-            "server_address": f"127.0.0.1:{server.agent_port}",
-            "attestation_address": f"127.0.0.1:{server.attestation_port}",
-            "server_name": SERVER_NAME,
-            "trust_bundle_path": str(bundle),
-            "socket_path": str(socket_dir / "agent.sock"),
-            "data_dir": str(tmp_path / "agent-data"),
-            "health_address": "127.0.0.1:0",
-            "node_attestor": {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}},
-        },
+        k8s_agent_doc(tmp_path, server, token_file, socket_dir / "agent.sock"),
         base_dir=tmp_path,
     )
     agent = HeraldAgent(config, backoff_base=0.05)

@@ -33,9 +33,9 @@ from tests.kube_emulator import KubeCluster
 from tests.kubelet_pods import NODE, Container, Pod, hex64, pod_list
 from tests.pod_cgroups import CgroupMaker, v2_pod_cgroup
 from tests.server_harness import (
-    SERVER_NAME,
     add_agent_pod,
     add_node,
+    k8s_agent_doc,
     kube_config,
 )
 
@@ -97,30 +97,16 @@ def workload_pod() -> dict[str, Any]:
 def node_agent(tmp_path: Path, server: HeraldServer, kubelet: Kubelet, sock: Path) -> HeraldAgent:
     token_file = tmp_path / "psat-token"
     token_file.write_text("agent-token\n")
-    bundle = tmp_path / "bundle.pem"
-    bundle.write_bytes(server.ca.bundle().x509_pem())
-    config = agent_config(
-        {
-            "trust_domain": "example.org",
-            "server_address": f"127.0.0.1:{server.agent_port}",
-            "attestation_address": f"127.0.0.1:{server.attestation_port}",
-            "server_name": SERVER_NAME,
-            "trust_bundle_path": str(bundle),
-            "socket_path": str(sock),
-            "data_dir": str(tmp_path / "agent-data"),
-            "health_address": "127.0.0.1:0",
-            "node_attestor": {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}},
-            "workload_attestors": {
-                "k8s": {
-                    "kubelet_secure_port": kubelet.port,
-                    "kubelet_ca_path": str(kubelet.tls.ca_file),
-                    "token_path": str(kubelet.token_file),
-                    "node_name": NODE,
-                }
-            },
-        },
-        base_dir=tmp_path,
-    )
+    doc = k8s_agent_doc(tmp_path, server, token_file, sock)
+    doc["workload_attestors"] = {
+        "k8s": {
+            "kubelet_secure_port": kubelet.port,
+            "kubelet_ca_path": str(kubelet.tls.ca_file),
+            "token_path": str(kubelet.token_file),
+            "node_name": NODE,
+        }
+    }
+    config = agent_config(doc, base_dir=tmp_path)
     return HeraldAgent(config, backoff_base=0.05)
 
 
