@@ -1,4 +1,5 @@
-"""Fixtures every test package shares: the Kubernetes API emulator, pod cgroups."""
+"""Fixtures every test package shares: the real control plane (tests/k8s/fixtures.py), the
+Kubernetes API emulator (kept for faults a real API cannot produce on cue), pod cgroups."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.k8s.fixtures import control_plane, kube, own_control_plane, release
 from tests.kube_emulator import KubeCluster
 from tests.pod_cgroups import CgroupMaker
 
+__all__ = ["control_plane", "kube", "own_control_plane", "release"]
+
 
 @pytest.fixture
-def kube() -> Iterator[KubeCluster]:
+def kube_emulator() -> Iterator[KubeCluster]:
     """A fresh emulated Kubernetes API on a random localhost port (see tests/kube_emulator.py)."""
     cluster = KubeCluster().start()
     try:

@@ -124,7 +124,7 @@ def _load(directory: Path) -> tuple[tuple[str, Crd], ...]:
             "(helm pull herald --untar) to load_crds()"
         )
     crds: dict[str, Crd] = {}
-    for path in sorted(directory.glob("*.yaml")):
+    for path in sorted(directory.glob(f"{GROUP}_*.yaml")):
         crd = _read(path)
         if crd.kind in crds:
             raise CrdError(f"{path}: kind {crd.kind} is also defined in {crds[crd.kind].path}")

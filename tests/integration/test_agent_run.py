@@ -54,6 +54,12 @@ from tests.server_harness import (
     utcnow,
 )
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 pytestmark = pytest.mark.timeout(120)
 
 HERALD_AGENT = str(Path(sys.executable).with_name("herald-agent"))

@@ -19,6 +19,12 @@ from herald_server.entries import EntryStoreError, ReadOnlyStoreError
 from herald_server.k8s_entries import KubernetesEntryStore, k8s_psat_agent_id
 from tests.kube_emulator import ApiError, KubeCluster
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 TD = TrustDomain("example.org")
 CLUSTER = "prod"
 HERALD = "herald.dev/v1alpha1"

@@ -28,6 +28,12 @@ from kubernetes.client import V1Container as Container
 
 from tests.kube_emulator import KubeCluster
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 HERALD = ("herald.dev", "v1alpha1")
 
 

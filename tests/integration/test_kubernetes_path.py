@@ -39,6 +39,12 @@ from tests.server_harness import (
     kube_config,
 )
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 HERALD_AGENT = Path(sys.executable).parent / "herald-agent"

@@ -25,6 +25,12 @@ from herald_operator.registrar import Registrar, RegistrarConfig, build_registry
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import free_port
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 HERALD = "herald.dev/v1alpha1"
 WRITE_VERBS = ("create", "patch", "delete")
 TD = "example.org"

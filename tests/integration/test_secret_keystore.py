@@ -26,6 +26,12 @@ from herald_server.keystore import (
 from tests.kube_emulator import KubeCluster
 from tests.unit.test_keystore import NOW, TD, make_state
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 NAMESPACE = "herald"
 WORKLOAD = SpiffeId.parse("spiffe://example.org/ns/default/sa/web")
 

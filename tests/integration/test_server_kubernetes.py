@@ -36,6 +36,12 @@ from tests.server_harness import (
     workload_entry,
 )
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 pytestmark = pytest.mark.timeout(90)
 TD = TrustDomain("example.org")
 

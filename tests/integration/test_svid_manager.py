@@ -53,6 +53,12 @@ from tests.server_harness import (
     workload_entry,
 )
 
+
+@pytest.fixture
+def kube(kube_emulator: KubeCluster) -> KubeCluster:
+    return kube_emulator
+
+
 pytestmark = pytest.mark.timeout(90)
 UID_1000 = parse_selectors(["unix:uid:1000"])
 HOUR = dt.timedelta(hours=1)

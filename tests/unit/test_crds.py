@@ -47,12 +47,12 @@ def _name(obj: Obj) -> str:
 
 def test_default_directory_is_the_charts_one_file_per_kind() -> None:
     assert crds.SOURCE_CRD_DIR == CRD_DIR
-    names = sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+    names = sorted(p.name for p in CRD_DIR.glob("herald.dev_*.yaml"))
     assert names == sorted(f"herald.dev_{crd.plural}.yaml" for crd in load_crds().values())
     assert len(names) == len(KINDS)
 
 
-@pytest.mark.parametrize("path", sorted(CRD_DIR.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CRD_DIR.glob("herald.dev_*.yaml")), ids=lambda p: p.name)
 def test_crd_is_a_valid_kubernetes_object(path: Path) -> None:
     (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
     # Kubernetes 1.32's own schema for CustomResourceDefinition, strict: a misspelt key such as
@@ -212,7 +212,7 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_kind_is_an_error(tmp_path: Path) -> None:
-    for path in CRD_DIR.glob("*.yaml"):
+    for path in CRD_DIR.glob("herald.dev_*.yaml"):
         if "workloadentries" not in path.name:
             (tmp_path / path.name).write_text(path.read_text())
     with pytest.raises(CrdError, match="no CRD for WorkloadEntry"):
@@ -220,7 +220,7 @@ def test_missing_kind_is_an_error(tmp_path: Path) -> None:
 
 
 def test_cel_rule_without_python_twin_refuses_to_load(tmp_path: Path) -> None:
-    for path in CRD_DIR.glob("*.yaml"):
+    for path in CRD_DIR.glob("herald.dev_*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     target = tmp_path / "herald.dev_spiffeids.yaml"
     text = target.read_text()
