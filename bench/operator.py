@@ -1,14 +1,16 @@
 """Benchmark: herald-operator's cold start over 10,000 pods and its pod-event→entry latency.
 
-Three processes: the Kubernetes API emulator (``bench/operator_emulator.py``), a real
-``herald-operator run --standalone`` pointed at it, and this driver. The driver seeds namespaces
-(half labelled ``team: a``, half ``team: b``), nodes, pods (``tier: web`` or ``tier: worker``)
-and three ClusterSPIFFEIDs that together give every pod exactly one entry:
+Against a real control plane (etcd, kube-apiserver and kube-controller-manager from tests/k8s,
+the operator as its own ServiceAccount under the chart's RBAC) and, in the same run, against the
+Kubernetes API emulator (``bench/operator_emulator.py``, its own process): a real
+``herald-operator run --standalone`` pointed at the API, and this driver. The driver seeds
+namespaces (half labelled ``team: a``, half ``team: b``), nodes, pods (``tier: web`` or
+``tier: worker``) and three ClusterSPIFFEIDs that together give every pod exactly one entry:
 
 - ``web``: ``podSelector tier=web``, any namespace;
 - ``workers-a`` / ``workers-b``: ``tier=worker`` pods in ``team=a`` / ``team=b`` namespaces.
 
-Then it measures, watching WorkloadEntry objects on the emulator:
+Then it measures, watching WorkloadEntry objects on the API:
 
 (a) cold start: from spawning the operator to the last of the pods' entries appearing;
 (b) latency: once the operator is idle again, a steady stream of pod writes at ``--rate`` per
@@ -16,16 +18,17 @@ Then it measures, watching WorkloadEntry objects on the emulator:
     earlier relabelled one), each timed from sending the write to the entry event it causes
     (created, re-sourced, gone) arriving.
 
-The baseline is measured in the same run: seeding the pods is the emulator's raw create rate for
-the same number of objects, written by this driver with ``--inflight`` requests in flight; it is
-the floor any operator pays to write one entry per pod. CPU seconds of the emulator and the
-operator are read from /proc, to show where the time goes.
+The baseline is measured in the same run: seeding the pods is the API's raw create rate for the
+same number of objects, written by this driver with ``--inflight`` requests in flight; it is the
+floor any operator pays to write one entry per pod. CPU seconds and memory of the API's own
+processes (etcd, kube-apiserver; or the emulator) and of the operator are read from /proc, to
+show where the time goes and what the API server itself cost.
 
-    .venv/bin/python bench/operator.py [--namespaces 500] [--pods 10000] [--rate 30]
-                                       [--churn-seconds 20] [--rounds 1]
-    .venv/bin/python bench/operator.py --quick      # 50 namespaces, 1,000 pods, 3 s of churn
-    .venv/bin/python bench/operator.py --profile op.prof --profile-emulator emu.prof
-    .venv/bin/python bench/operator.py --quick --operator-log operator.log   # keep its output
+    PYTHONPATH=. .venv/bin/python bench/operator.py [--namespaces 500] [--pods 10000] [--rate 30]
+                                       [--churn-seconds 20] [--rounds 1] [--api real,emulator]
+    PYTHONPATH=. .venv/bin/python bench/operator.py --quick   # 50 namespaces, 1,000 pods, 3 s churn
+    PYTHONPATH=. .venv/bin/python bench/operator.py --profile op.prof --profile-emulator emu.prof
+    PYTHONPATH=. .venv/bin/python bench/operator.py --quick --operator-log op.log  # its output
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.api_targets import TARGETS, Api, Target, cpu_seconds, memory_mib
+
 HERALD = "/apis/herald.dev/v1alpha1"
 ENTRIES = f"{HERALD}/workloadentries"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -71,15 +75,18 @@ class Sizes:
 
 @dataclass
 class Round:
+    api: str = ""
     seed_seconds: float = 0.0
     ready_seconds: float = 0.0
     cold_seconds: float = 0.0
-    emulator_cpu: float = 0.0
+    api_cpu: dict[str, float] = field(default_factory=dict)
+    api_rss: dict[str, float] = field(default_factory=dict)
     operator_cpu: float = 0.0
+    operator_rss: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=dict)
     quiet_seconds: float = 0.0
     churn_operator_cpu: float = 0.0
-    churn_emulator_cpu: float = 0.0
+    churn_api_cpu: float = 0.0
     lost: int = 0
     operator_log: str = ""
 
@@ -94,41 +101,9 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process (children it waited for included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = sum(int(value) for value in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def start_emulator(profile: str | None) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "operator_emulator.py"), *filter(None, [profile])],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http"):
-        process.kill()
-        raise RuntimeError("the emulator did not start")
-    return process, url
-
-
-def stop_emulator(process: subprocess.Popen[str]) -> None:
-    assert process.stdin is not None
-    process.stdin.close()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def start_operator(
-    url: str,
+    kubeconfig: Path,
+    namespace: str,
     workdir: Path,
     port: int,
     profile: str | None,
@@ -136,19 +111,7 @@ def start_operator(
     trust_domain: str = "bench.example",
     cluster_name: str = "bench",
 ) -> subprocess.Popen[bytes]:
-    kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emu", "cluster": {"server": url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
-                "current-context": "emu",
-            }
-        )
-    )
+    """`herald-operator run --standalone` as ``kubeconfig``'s identity, in ``namespace``."""
     command = [str(Path(sys.executable).parent / "herald-operator")]
     if profile:
         command = [sys.executable, "-m", "cProfile", "-o", profile, *command]
@@ -166,7 +129,11 @@ def start_operator(
             "--health-address",
             f"127.0.0.1:{port}",
         ],
-        env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": "herald"},
+        env={
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "POD_NAMESPACE": namespace,
+        },
         stdout=(workdir / "operator.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -232,37 +199,6 @@ IDENTITIES = (
 )
 
 
-class Api:
-    """The few HTTP calls the driver makes to the emulator."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session = session
-        self.url = url
-
-    async def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(self.url + path, json=obj) as response:
-            body: dict[str, Any] = await response.json()
-            if response.status != 201:
-                raise RuntimeError(f"POST {path}: {response.status} {body.get('message')}")
-            return body
-
-    async def patch(self, path: str, patch: dict[str, Any]) -> None:
-        data = json.dumps(patch)
-        async with self.session.patch(self.url + path, data=data, headers=MERGE_PATCH) as response:
-            if response.status != 200:
-                raise RuntimeError(f"PATCH {path}: {response.status} {await response.text()}")
-
-    async def delete(self, path: str) -> None:
-        async with self.session.delete(self.url + path) as response:
-            if response.status != 200:
-                raise RuntimeError(f"DELETE {path}: {response.status} {await response.text()}")
-
-    async def resource_version(self, path: str) -> str:
-        async with self.session.get(self.url + path) as response:
-            body = await response.json()
-            return str(body["metadata"]["resourceVersion"])
-
-
 async def bounded(calls: list[Callable[[], Any]], inflight: int) -> None:
     """Run the calls with at most ``inflight`` at a time."""
     queue = iter(calls)
@@ -274,8 +210,11 @@ async def bounded(calls: list[Callable[[], Any]], inflight: int) -> None:
     await asyncio.gather(*(worker() for _ in range(inflight)))
 
 
-async def seed(api: Api, sizes: Sizes) -> float:
-    """Namespaces, nodes, identities, then the pods; returns the seconds the pods took."""
+async def seed(api: Api, sizes: Sizes, target: Target) -> float:
+    """Namespaces, nodes, identities, then the pods; returns the seconds the pods took.
+
+    A real API server admits a pod only once its namespace has a ``default`` ServiceAccount, so
+    the pods wait for the controller-manager to have made them all (not timed)."""
     await bounded(
         [
             lambda i=i: api.create(
@@ -292,6 +231,8 @@ async def seed(api: Api, sizes: Sizes) -> float:
     )
     for obj in IDENTITIES:
         await api.create(f"{HERALD}/clusterspiffeids", obj)
+    if target.needs_service_accounts:
+        await api.wait_default_service_accounts(sizes.namespaces)
     calls = []
     for i in range(sizes.pods):
         namespace = namespace_name(i % sizes.namespaces)
@@ -450,7 +391,10 @@ async def churn(api: Api, watch: EntryWatch, sizes: Sizes) -> tuple[dict[str, li
         name, namespace = relabelled.pop(0)
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
         pending.append(
-            asyncio.create_task(timed("delete", lambda: api.delete(path), entry_for(name, None)))
+            asyncio.create_task(
+                # Grace 0: a real API server keeps a pod until its kubelet confirms the stop.
+                timed("delete", lambda: api.delete(path, grace_seconds=0), entry_for(name, None))
+            )
         )
 
     # A pod is relabelled about a second after its creation, deleted a second after that.
@@ -470,46 +414,58 @@ async def churn(api: Api, watch: EntryWatch, sizes: Sizes) -> tuple[dict[str, li
     return latencies, len(pending) - done
 
 
-async def run_round(sizes: Sizes) -> Round:
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in after}
+
+
+async def run_round(sizes: Sizes, api_kind: str) -> Round:
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as name:
         workdir = Path(name)
-        emulator, url = start_emulator(sizes.profile_emulator)
-        operator: subprocess.Popen[bytes] | None = None
-        try:
-            connector = aiohttp.TCPConnector(limit=sizes.inflight + 8)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                api = Api(session, url)
-                result = Round(seed_seconds=await seed(api, sizes))
-                watch = EntryWatch(api)
-                await watch.start()
-                port = free_port()
-                emulator_cpu = cpu_seconds(emulator.pid)
-                started = time.perf_counter()
-                operator = start_operator(url, workdir, port, sizes.profile)
-                ready = asyncio.create_task(wait_ready(session, port, started))
-                try:
-                    async with asyncio.timeout(900):
-                        await watch.wait_count(sizes.pods)
-                except TimeoutError:
-                    raise RuntimeError(f"{len(watch.live)} of {sizes.pods} entries") from None
-                result.cold_seconds = time.perf_counter() - started
-                result.ready_seconds = await ready
-                result.operator_cpu = cpu_seconds(operator.pid)
-                result.emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
-                # The churn measures the steady state: after the start's status writes, Kopf's
-                # backlog of entry events and the registrar's heap settling.
-                result.quiet_seconds = await wait_quiet(operator.pid)
-                before = cpu_seconds(operator.pid), cpu_seconds(emulator.pid)
-                result.latencies, result.lost = await churn(api, watch, sizes)
-                result.churn_operator_cpu = cpu_seconds(operator.pid) - before[0]
-                result.churn_emulator_cpu = cpu_seconds(emulator.pid) - before[1]
-                await watch.stop()
-                result.operator_log = stop_operator(operator, workdir)
-                operator = None
-        finally:
-            if operator is not None:
-                sys.stderr.write(stop_operator(operator, workdir)[-5000:])
-            stop_emulator(emulator)
+        make = TARGETS[api_kind]
+        profile = sizes.profile_emulator if api_kind == "emulator" else None
+        with make(workdir, profile) if profile else make(workdir) as target:
+            return await _measure(sizes, target, workdir)
+
+
+async def _measure(sizes: Sizes, target: Target, workdir: Path) -> Round:
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        async with target.session(sizes.inflight) as session:
+            api = Api(session, target.url)
+            result = Round(api=target.name, seed_seconds=await seed(api, sizes, target))
+            watch = EntryWatch(api)
+            await watch.start()
+            port = free_port()
+            api_cpu = target.cpu()
+            started = time.perf_counter()
+            operator = start_operator(
+                target.kubeconfigs["operator"], target.namespace, workdir, port, sizes.profile
+            )
+            ready = asyncio.create_task(wait_ready(session, port, started))
+            try:
+                async with asyncio.timeout(900):
+                    await watch.wait_count(sizes.pods)
+            except TimeoutError:
+                raise RuntimeError(f"{len(watch.live)} of {sizes.pods} entries") from None
+            result.cold_seconds = time.perf_counter() - started
+            result.ready_seconds = await ready
+            result.operator_cpu = cpu_seconds(operator.pid)
+            result.api_cpu = _spent(api_cpu, target.cpu())
+            # The churn measures the steady state: after the start's status writes, Kopf's
+            # backlog of entry events and the registrar's heap settling.
+            result.quiet_seconds = await wait_quiet(operator.pid)
+            before = cpu_seconds(operator.pid), sum(target.cpu().values())
+            result.latencies, result.lost = await churn(api, watch, sizes)
+            result.churn_operator_cpu = cpu_seconds(operator.pid) - before[0]
+            result.churn_api_cpu = sum(target.cpu().values()) - before[1]
+            result.api_rss = target.memory("VmHWM")
+            result.operator_rss = memory_mib(operator.pid, "VmHWM")
+            await watch.stop()
+            result.operator_log = stop_operator(operator, workdir)
+            operator = None
+    finally:
+        if operator is not None:
+            sys.stderr.write(stop_operator(operator, workdir)[-5000:])
     return result
 
 
@@ -529,58 +485,65 @@ def report(sizes: Sizes, rounds: list[Round]) -> None:
         f"3 ClusterSPIFFEIDs; churn {sizes.rate:g} writes/s for {sizes.churn_seconds:g} s"
     )
     print(
-        "| round | baseline: pods created/s | cold start s | entries/s | entries/s ÷ baseline "
-        "| /ready s | operator CPU s | emulator CPU s |"
+        "| API | round | baseline: pods created/s | cold start s | entries/s "
+        "| entries/s ÷ baseline | /ready s | operator CPU s | API CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    rows = []
-    for number, r in enumerate(rounds, 1):
-        base = sizes.pods / r.seed_seconds
-        rate = sizes.pods / r.cold_seconds
-        rows.append(
-            (
-                base,
-                r.cold_seconds,
-                rate,
-                rate / base,
-                r.ready_seconds,
-                r.operator_cpu,
-                r.emulator_cpu,
+    print("|---|---|---|---|---|---|---|---|---|")
+    for api in dict.fromkeys(r.api for r in rounds):
+        mine = [r for r in rounds if r.api == api]
+        rows = []
+        for number, r in enumerate(mine, 1):
+            base = sizes.pods / r.seed_seconds
+            rate = sizes.pods / r.cold_seconds
+            api_cpu = sum(r.api_cpu.values())
+            rows.append(
+                (base, r.cold_seconds, rate, rate / base, r.ready_seconds, r.operator_cpu, api_cpu)
             )
-        )
+            print(
+                f"| {api} | {number} | {base:,.0f} | {r.cold_seconds:.1f} | {rate:,.0f} "
+                f"| {rate / base:.1%} | {r.ready_seconds:.1f} | {r.operator_cpu:.1f} "
+                f"| {api_cpu:.1f} |"
+            )
+        m = [statistics.median(column) for column in zip(*rows, strict=True)]
         print(
-            f"| {number} | {base:,.0f} | {r.cold_seconds:.1f} | {rate:,.0f} | {rate / base:.1%} "
-            f"| {r.ready_seconds:.1f} | {r.operator_cpu:.1f} | {r.emulator_cpu:.1f} |"
+            f"| **{api}** | **median** | **{m[0]:,.0f}** | **{m[1]:.1f}** | **{m[2]:,.0f}** "
+            f"| **{m[3]:.1%}** | **{m[4]:.1f}** | **{m[5]:.1f}** | **{m[6]:.1f}** |"
         )
-    m = [statistics.median(column) for column in zip(*rows, strict=True)]
-    print(
-        f"| **median** | **{m[0]:,.0f}** | **{m[1]:.1f}** | **{m[2]:,.0f}** | **{m[3]:.1%}** "
-        f"| **{m[4]:.1f}** | **{m[5]:.1f}** | **{m[6]:.1f}** |"
-    )
-    print("\n| write → entry event | count | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|")
-    everything: list[float] = []
-    for op in ("create", "relabel", "delete"):
-        values = [v for r in rounds for v in r.latencies.get(op, [])]
-        everything += values
-        top = max(values, default=float("nan"))
+    print("\n| API | write → entry event | count | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|")
+    for api in dict.fromkeys(r.api for r in rounds):
+        mine = [r for r in rounds if r.api == api]
+        everything: list[float] = []
+        for op in ("create", "relabel", "delete"):
+            values = [v for r in mine for v in r.latencies.get(op, [])]
+            everything += values
+            top = max(values, default=float("nan"))
+            print(
+                f"| {api} | {op} | {len(values)} | {percentile(values, 0.5) * 1e3:.1f} "
+                f"| {percentile(values, 0.99) * 1e3:.1f} | {top * 1e3:.1f} |"
+            )
         print(
-            f"| {op} | {len(values)} | {percentile(values, 0.5) * 1e3:.1f} "
-            f"| {percentile(values, 0.99) * 1e3:.1f} | {top * 1e3:.1f} |"
+            f"| {api} | **all** | **{len(everything)}** "
+            f"| **{percentile(everything, 0.5) * 1e3:.1f}** "
+            f"| **{percentile(everything, 0.99) * 1e3:.1f}** "
+            f"| **{max(everything, default=float('nan')) * 1e3:.1f}** |"
         )
-    print(
-        f"| **all** | **{len(everything)}** | **{percentile(everything, 0.5) * 1e3:.1f}** "
-        f"| **{percentile(everything, 0.99) * 1e3:.1f}** "
-        f"| **{max(everything, default=float('nan')) * 1e3:.1f}** |"
-    )
-    quiet = statistics.median(r.quiet_seconds for r in rounds)
-    print(f"\nthe churn started once the operator was idle, {quiet:.1f} s after the cold start")
-    operator_cpu = statistics.median(r.churn_operator_cpu for r in rounds)
-    emulator_cpu = statistics.median(r.churn_emulator_cpu for r in rounds)
-    print(
-        f"during the churn: operator CPU {operator_cpu / sizes.churn_seconds:.0%} of a core, "
-        f"emulator CPU {emulator_cpu / sizes.churn_seconds:.0%}"
-    )
+    print("\n| API | process | CPU s, cold start | peak RSS MiB |")
+    print("|---|---|---|---|")
+    for r in rounds:
+        for process, cpu in r.api_cpu.items():
+            print(f"| {r.api} | {process} | {cpu:.1f} | {r.api_rss[process]:.0f} |")
+        print(f"| {r.api} | herald-operator | {r.operator_cpu:.1f} | {r.operator_rss:.0f} |")
+    for api in dict.fromkeys(r.api for r in rounds):
+        mine = [r for r in rounds if r.api == api]
+        quiet = statistics.median(r.quiet_seconds for r in mine)
+        operator_cpu = statistics.median(r.churn_operator_cpu for r in mine)
+        api_cpu = statistics.median(r.churn_api_cpu for r in mine)
+        print(
+            f"\n{api}: the churn started once the operator was idle, {quiet:.1f} s after the "
+            f"cold start; during it, operator CPU {operator_cpu / sizes.churn_seconds:.0%} of a "
+            f"core, API CPU {api_cpu / sizes.churn_seconds:.0%}"
+        )
     lost = sum(r.lost for r in rounds)
     if lost:
         print(f"\n{lost} writes saw no entry event within 10 s")
@@ -598,7 +561,18 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="run the operator under cProfile")
     parser.add_argument("--profile-emulator", metavar="FILE", help="the emulator, likewise")
     parser.add_argument("--operator-log", metavar="FILE", help="write the operator's output here")
+    parser.add_argument(
+        "--api",
+        default="real,emulator",
+        help="comma-separated: real (tests/k8s control plane), emulator; each gets --rounds",
+    )
     args = parser.parse_args()
+    kinds = [kind.strip() for kind in args.api.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(TARGETS))
+    if unknown or not kinds:
+        parser.error(
+            f"--api: unknown {', '.join(unknown) or '(none given)'}; choose from real, emulator"
+        )
     if args.quick:
         args.namespaces, args.pods, args.churn_seconds = 50, 1_000, 3.0
     sizes = Sizes(
@@ -612,8 +586,9 @@ def main() -> None:
     )
     rounds = []
     for number in range(1, args.rounds + 1):
-        print(f"round {number}/{args.rounds} ...", flush=True)
-        rounds.append(asyncio.run(run_round(sizes)))
+        for kind in kinds:
+            print(f"round {number}/{args.rounds} on the {kind} API ...", flush=True)
+            rounds.append(asyncio.run(run_round(sizes, kind)))
     report(sizes, rounds)
     if args.operator_log:
         Path(args.operator_log).write_text("".join(r.operator_log for r in rounds))

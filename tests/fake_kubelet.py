@@ -1,24 +1,22 @@
 """A local HTTPS kubelet stand-in for the k8s attestor's tests and benchmark.
 
 `make_tls` makes a throw-away CA and a serving certificate for the node name and 127.0.0.1;
-`FakeKubelet` answers ``/pods`` to one bearer token only and counts its requests.
+`FakeKubelet` answers ``/pods`` to one bearer token only and counts its requests, or, given a
+`KubeletWebhook`, to whoever the real API server says may read this node's pods, as a kubelet
+with webhook authentication and authorization does (TokenReview, then SubjectAccessReview).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp.web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.k8s.api import Kube
+from tests.k8s.pki import TestCa
 from tests.kubelet_pods import NODE
 
 TOKEN = "kubelet-test-token"
@@ -31,52 +29,70 @@ class Tls:
 
 
 def make_tls(directory: Path, name: str = "kubelet-ca") -> Tls:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(NODE), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_file, cert_file, key_file = (directory / f"{name}{s}" for s in (".crt", "-srv.crt", ".key"))
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file.write_bytes(leaf.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca = TestCa.create(directory, name)
+    pair = ca.issue(directory, f"{name}-{NODE}", dns_names=[NODE], ip_addresses=["127.0.0.1"])
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    return Tls(ca_file, server)
+    server.load_cert_chain(pair.cert_file, pair.key_file)
+    return Tls(ca.ca_file, server)
+
+
+@dataclass
+class KubeletWebhook:
+    """A kubelet's webhook authn/authz: the API server (``kube``, as this node's identity)
+    reviews the caller's token and decides whether that user may ``get nodes/pods``."""
+
+    kube: Kube
+    node: str
+
+    async def check(self, header: str | None) -> tuple[int, str]:
+        if not header or not header.startswith("Bearer "):
+            return 401, "Unauthorized"
+        return await asyncio.to_thread(self._check, header.removeprefix("Bearer "))
+
+    def _check(self, token: str) -> tuple[int, str]:
+        review = self.kube.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            },
+        )["status"]
+        if not review.get("authenticated"):
+            return 401, "Unauthorized"
+        user = review["user"]
+        access = self.kube.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": user["username"],
+                    "uid": user.get("uid", ""),
+                    "groups": user.get("groups", []),
+                    "extra": user.get("extra", {}),
+                    "resourceAttributes": {
+                        "verb": "get",
+                        "resource": "nodes",
+                        "subresource": "pods",
+                        "name": self.node,
+                    },
+                },
+            },
+        )["status"]
+        if not access.get("allowed"):
+            return 403, (
+                f"Forbidden (user={user['username']}, verb=get, resource=nodes, subresource=pods)"
+            )
+        return 200, ""
 
 
 @dataclass
 class FakeKubelet:
-    """Serves ``body`` on /pods to ``Bearer <token>``; 401 otherwise, or ``status`` if set."""
+    """Serves ``body`` on /pods to ``Bearer <token>`` (or to whom ``webhook`` admits); 401
+    otherwise, or ``status`` if set."""
 
     body: bytes
     token: str | None = TOKEN
@@ -84,10 +100,15 @@ class FakeKubelet:
     delay: float = 0.0
     requests: int = 0
     url_port: int = 0
+    webhook: KubeletWebhook | None = None
 
     async def pods(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         self.requests += 1
-        if (
+        if self.webhook is not None:
+            code, text = await self.webhook.check(request.headers.get("Authorization"))
+            if code != 200:
+                return aiohttp.web.Response(status=code, text=text)
+        elif (
             self.token is not None
             and request.headers.get("Authorization") != f"Bearer {self.token}"
         ):

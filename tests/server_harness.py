@@ -3,8 +3,9 @@
 The harness starts HeraldServer exactly as `herald-server run` does (real SQLite, real CA
 directory, real TLS and mTLS gRPC servers, admin socket); `AgentCredentials` is what an agent
 holds after attesting: its key, its SVID chain and the bundle, and it opens mTLS channels.
-In Kubernetes mode (`start_kubernetes_server`) the server runs against the API emulator, with
-`add_node` / `add_agent_pod` making the objects k8s_psat attestation checks.
+In Kubernetes mode (`start_kubernetes_server`) the server runs against the real API server of
+tests/k8s as its release's ServiceAccount; `add_node` / `add_agent_pod` make the objects k8s_psat
+attestation checks and `agent_token` the pod-bound token a kubelet would project.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from herald_core.x509svid import certs_to_pem, parse_der_chain
 from herald_server.admin_client import admin_channel
 from herald_server.config import config_from_mapping
 from herald_server.server import HeraldServer
-from tests.kube_emulator import KubeCluster
+from tests.k8s.api import Kube
+from tests.k8s.install import HeraldRelease
 
 TRUST_DOMAIN = "example.org"
 SERVER_NAME = "herald-server.test"
@@ -198,59 +200,86 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-# --- Kubernetes mode, against the API emulator ----------------------------------------------------
+# --- Kubernetes mode, against the real API (tests/k8s) ---------------------------------------
 
-NS = "herald"
 AUDIENCE = "herald-server"
+CLUSTER = "test"
 
 
-def kube_config(tmp: Path, name: str) -> dict[str, Any]:
+def kube_config(tmp: Path, name: str, release: HeraldRelease) -> dict[str, Any]:
+    """A Kubernetes-mode server configuration for ``release``: its namespace and object names,
+    its agents' ServiceAccount, and the server's own ServiceAccount kubeconfig."""
     doc = standalone_config(tmp / name)
     doc.update(
         mode="kubernetes",
         kubernetes={
-            "namespace": NS,
-            "cluster_name": "test",
-            "agent_service_accounts": ["herald-agent"],
+            "namespace": release.namespace,
+            "cluster_name": CLUSTER,
+            "ca_secret": release.names["caSecret"],
+            "bundle_configmap": release.names["bundleConfigMap"],
+            "lease_name": release.names["leaderLease"],
+            "agent_service_accounts": [release.service_account("agent")],
+            "kubeconfig": str(release.kubeconfigs["server"]),
         },
     )
     return doc
 
 
-async def start_kubernetes_server(kube: KubeCluster, tmp: Path, name: str = "a") -> HeraldServer:
-    config = config_from_mapping(kube_config(tmp, name), base_dir=tmp)
-    server = HeraldServer(config, api_client_factory=kube.api_client)
+async def start_kubernetes_server(
+    release: HeraldRelease, tmp: Path, name: str = "a", **kubernetes: Any
+) -> HeraldServer:
+    doc = kube_config(tmp, name, release)
+    doc["kubernetes"].update(kubernetes)
+    server = HeraldServer(config_from_mapping(doc, base_dir=tmp))
     await server.start()
     return server
 
 
-def add_node(kube: KubeCluster, name: str) -> str:
+def add_node(kube: Kube, name: str) -> str:
+    """A Node object (no kubelet behind it); its UID."""
     node = kube.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
     return str(node["metadata"]["uid"])
 
 
-def add_agent_pod(kube: KubeCluster, node: str, token: str, **token_args: Any) -> str:
-    pod = kube.create(
+def add_agent_pod(
+    kube: Kube,
+    release: HeraldRelease,
+    node: str,
+    *,
+    namespace: str | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """An agent pod bound to ``node`` (by default in the release's namespace, as its agent)."""
+    namespace = namespace or release.namespace
+    return kube.create(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"herald-agent-{node}", "namespace": NS},
-            "spec": {"nodeName": node, "serviceAccountName": "herald-agent", "containers": []},
+            "metadata": {"name": f"herald-agent-{node}", "namespace": namespace},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": service_account or release.service_account("agent"),
+                "containers": [{"name": "agent", "image": "herald"}],
+            },
         }
     )
-    args: dict[str, Any] = {
-        "namespace": NS,
-        "service_account": "herald-agent",
-        "pod_name": pod["metadata"]["name"],
-        "pod_uid": pod["metadata"]["uid"],
-        "audiences": [AUDIENCE],
-    }
-    args.update(token_args)
-    kube.add_service_account_token(token, **args)
-    return str(pod["metadata"]["uid"])
 
 
-def workload_entry(name: str, node: str, path: str, namespace: str = "shop") -> dict[str, Any]:
+def agent_token(
+    kube: Kube, pod: dict[str, Any], audiences: Sequence[str] = (AUDIENCE,), seconds: int = 3600
+) -> str:
+    """The projected token the kubelet would mount into ``pod``: its ServiceAccount's, bound to
+    the pod (so the API server names the pod and its node in a TokenReview)."""
+    return kube.token(
+        pod["metadata"]["namespace"],
+        pod["spec"]["serviceAccountName"],
+        audiences=audiences,
+        seconds=seconds,
+        bound_pod=pod,
+    )
+
+
+def workload_entry(name: str, node: str, path: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "herald.dev/v1alpha1",
         "kind": "WorkloadEntry",
@@ -285,5 +314,5 @@ def k8s_agent_doc(
 ) -> dict[str, Any]:
     """`agent_doc` for a k8s_psat agent (cluster ``test``) reading its token from ``token_file``."""
     doc = agent_doc(tmp, server, socket_path)
-    doc["node_attestor"] = {"k8s_psat": {"cluster": "test", "token_path": str(token_file)}}
+    doc["node_attestor"] = {"k8s_psat": {"cluster": CLUSTER, "token_path": str(token_file)}}
     return doc

@@ -36,14 +36,15 @@ from herald_core.spiffeid import SpiffeId
 from herald_core.x509svid import parse_der_chain
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
-from tests.kube_emulator import KubeCluster
+from tests.k8s.api import Kube
+from tests.k8s.api import wait_for as wait_until
+from tests.k8s.install import HeraldRelease
 from tests.server_harness import (
-    AUDIENCE,
-    NS,
     SERVER_NAME,
     add_agent_pod,
     add_node,
     agent_doc,
+    agent_token,
     create_entry,
     fixed_ports,
     free_port,
@@ -53,12 +54,6 @@ from tests.server_harness import (
     start_server,
     utcnow,
 )
-
-
-@pytest.fixture
-def kube(kube_emulator: KubeCluster) -> KubeCluster:
-    return kube_emulator
-
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -392,23 +387,21 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
 
 
 async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
-    kube: KubeCluster, tmp_path: Path, socket_dir: Path
+    kube: Kube, release: HeraldRelease, tmp_path: Path, socket_dir: Path
 ) -> None:
-    server_doc = kube_config(tmp_path, "server")
+    server_doc = kube_config(tmp_path, "server", release)
     server_doc.update(fixed_ports(), ca={"agent_svid_ttl": "2s"})
 
     async def start_kube_server() -> HeraldServer:
-        server = HeraldServer(
-            server_config(server_doc, base_dir=tmp_path), api_client_factory=kube.api_client
-        )
+        server = HeraldServer(server_config(server_doc, base_dir=tmp_path))
         await server.start()
         return server
 
     server = await start_kube_server()
     node_uid = add_node(kube, "node-a")
-    pod_uid = add_agent_pod(kube, "node-a", "token-1")
+    pod = add_agent_pod(kube, release, "node-a")
     token_file = tmp_path / "psat-token"
-    token_file.write_text("token-1\n")
+    token_file.write_text(agent_token(kube, pod) + "\n")
     config = agent_config(
         k8s_agent_doc(tmp_path, server, token_file, socket_dir / "agent.sock"),
         base_dir=tmp_path,
@@ -426,17 +419,16 @@ async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
             return "attesting the node again" in agent.readiness()[1]
 
         await wait_for(expired)
-        # The kubelet rotated the projected token meanwhile; the old one no longer passes.
-        kube.revoke_service_account_token("token-1")
-        kube.add_service_account_token(
-            "token-2",
-            namespace=NS,
-            service_account="herald-agent",
-            pod_name="herald-agent-node-a",
-            pod_uid=pod_uid,
-            audiences=[AUDIENCE],
+        # The agent's pod was replaced on the same node (a DaemonSet roll): the old pod's token
+        # no longer passes a TokenReview, and the kubelet projected the new pod's token.
+        name = pod["metadata"]["name"]
+        kube.delete("v1", "Pod", name, release.namespace)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: kube.get("v1", "Pod", name, release.namespace) is None,
+            what="the old agent pod to go",
         )
-        token_file.write_text("token-2\n")
+        token_file.write_text(agent_token(kube, add_agent_pod(kube, release, "node-a")) + "\n")
         server = await start_kube_server()
 
         async def ready_again() -> bool:

@@ -30,7 +30,10 @@ from herald_agent.attestors.k8s import (
 )
 from herald_agent.attestors.kubelet import KubeletClient, KubeletConfig, KubeletError
 from herald_core.selector import Selector
-from tests.fake_kubelet import TOKEN, FakeKubelet, Tls, make_tls, site_port
+from tests.fake_kubelet import TOKEN, FakeKubelet, KubeletWebhook, Tls, make_tls, site_port
+from tests.k8s.api import Kube
+from tests.k8s.install import HeraldRelease
+from tests.k8s.rbac import COMPONENTS
 from tests.kubelet_pods import NODE, Container, Pod, image_id, owner, pod_list
 from tests.pod_cgroups import CgroupMaker, v1_pod_cgroup, v2_pod_cgroup
 
@@ -300,8 +303,39 @@ async def test_a_wrong_token_explains_401(kubelet_env: KubeletEnv, client: Kubel
 
 async def test_403_names_the_missing_rbac(kubelet_env: KubeletEnv, client: KubeletClient) -> None:
     kubelet_env.kubelet.status = 403
-    with pytest.raises(KubeletError, match=r"HTTP 403.*'nodes/proxy'.*subresource=proxy"):
+    with pytest.raises(KubeletError, match=r"HTTP 403.*'nodes/pods'.*subresource=proxy"):
         await client.pods()
+
+
+async def test_the_real_api_decides_who_reads_the_pod_list(
+    kubelet_env: KubeletEnv, kube: Kube, release: HeraldRelease
+) -> None:
+    """The kubelet asks the API server (TokenReview, SubjectAccessReview), as with
+    --authentication-token-webhook and --authorization-mode=Webhook: the agent's ServiceAccount
+    may read the pod list under the chart's RBAC, the operator's may not."""
+    kubelet_env.kubelet.webhook = KubeletWebhook(kube, NODE)
+    tokens = {c: kube.token(release.namespace, release.service_account(c)) for c in COMPONENTS}
+    kubelet_env.token_file.write_text(tokens["agent"])
+    client = KubeletClient(kubelet_env.config())
+    try:
+        assert len(await client.pods()) > 0  # the pod list (filler pods) was served
+    finally:
+        await client.close()
+    kubelet_env.token_file.write_text(tokens["operator"])
+    client = KubeletClient(kubelet_env.config())
+    operator = f"system:serviceaccount:{release.namespace}:{release.service_account('operator')}"
+    try:
+        with pytest.raises(KubeletError, match=rf"HTTP 403.*user={operator}, verb=get"):
+            await client.pods()
+    finally:
+        await client.close()
+    kubelet_env.token_file.write_text("not-a-token")
+    client = KubeletClient(kubelet_env.config())
+    try:
+        with pytest.raises(KubeletError, match="HTTP 401"):
+            await client.pods()
+    finally:
+        await client.close()
 
 
 async def test_a_kubelet_signed_by_another_ca_is_refused(

@@ -1,8 +1,12 @@
-"""The Kubernetes API emulator answers the official client the way kube-apiserver does."""
+"""The Kubernetes API emulator answers the official client the way kube-apiserver does.
+
+The emulator is the benchmarks' baseline beside the real control plane (bench/operator.py,
+bench/pod_identity.py); every Kubernetes-mode test of herald runs on the real API."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -30,8 +34,15 @@ from tests.kube_emulator import KubeCluster
 
 
 @pytest.fixture
-def kube(kube_emulator: KubeCluster) -> KubeCluster:
-    return kube_emulator
+def kube() -> Iterator[KubeCluster]:
+    """A fresh emulated Kubernetes API on a random localhost port (see tests/kube_emulator.py)."""
+    cluster = KubeCluster().start()
+    try:
+        yield cluster
+    finally:
+        errors = cluster.stop()
+    if errors:
+        pytest.fail(f"the Kubernetes emulator failed while serving: {errors!r}")
 
 
 HERALD = ("herald.dev", "v1alpha1")

@@ -1,10 +1,12 @@
-"""The Kubernetes path end to end, every hop real except the cluster itself.
+"""The Kubernetes path end to end on the real API, every component as its own ServiceAccount.
 
-A ClusterSPIFFEID and a pod live in the API emulator; the registrar (Kopf) turns the pod into a
-WorkloadEntry; herald-server in Kubernetes mode streams it to the k8s_psat agent of the pod's
-node; a process placed in the pod's cgroup runs `herald-agent api fetch x509` and the agent's
-k8s attestor identifies it through /proc/<pid>/cgroup and a local HTTPS kubelet. When the pod
-is deleted, its entry and SVID go too.
+A ClusterSPIFFEID and a pod live in the real API server; the registrar (Kopf) turns the pod into
+a WorkloadEntry; herald-server in Kubernetes mode streams it to the k8s_psat agent of the pod's
+node (attested with a pod-bound TokenRequest token and a real TokenReview); a process placed in
+the pod's cgroup runs `herald-agent api fetch x509` and the agent's k8s attestor identifies it
+through /proc/<pid>/cgroup and a local HTTPS kubelet stand-in, which admits the agent's token by
+TokenReview and SubjectAccessReview as a kubelet does. When the pod is deleted, its entry and
+SVID go too. (A real kubelet and its containers come with the cluster tests.)
 """
 
 from __future__ import annotations
@@ -27,31 +29,25 @@ from herald_agent.config import config_from_mapping as agent_config
 from herald_operator.registrar import RegistrarConfig
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
-from tests.fake_kubelet import TOKEN, FakeKubelet, Tls, make_tls, site_port
+from tests.fake_kubelet import FakeKubelet, KubeletWebhook, Tls, make_tls, site_port
 from tests.integration.test_registrar import Operator, cluster_identity
-from tests.kube_emulator import KubeCluster
+from tests.k8s.api import Kube
+from tests.k8s.install import HeraldRelease
 from tests.kubelet_pods import NODE, Container, Pod, hex64, pod_list
 from tests.pod_cgroups import CgroupMaker, v2_pod_cgroup
 from tests.server_harness import (
     add_agent_pod,
     add_node,
+    agent_token,
     k8s_agent_doc,
     kube_config,
 )
 
-
-@pytest.fixture
-def kube(kube_emulator: KubeCluster) -> KubeCluster:
-    return kube_emulator
-
-
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 HERALD_AGENT = Path(sys.executable).parent / "herald-agent"
-NAMESPACE = "shop"
 SERVICE_ACCOUNT = "checkout"
 IMAGE = "registry.example.com/shop/checkout:1.0"
-EXPECTED_ID = f"spiffe://example.org/ns/{NAMESPACE}/sa/{SERVICE_ACCOUNT}"
 
 
 @dataclass
@@ -63,11 +59,10 @@ class Kubelet:
 
 
 @pytest.fixture
-async def kubelet(tmp_path: Path) -> AsyncIterator[Kubelet]:
+async def kubelet(kube: Kube, tmp_path: Path) -> AsyncIterator[Kubelet]:
     tls = make_tls(tmp_path)
     token_file = tmp_path / "kubelet-token"
-    token_file.write_text(TOKEN)
-    fake = FakeKubelet(pod_list([]))
+    fake = FakeKubelet(pod_list([]), webhook=KubeletWebhook(kube, NODE))
     app = aiohttp.web.Application()
     app.router.add_get("/pods", fake.pods)
     runner = aiohttp.web.AppRunner(app, access_log=None)
@@ -86,23 +81,24 @@ def socket_dir() -> Iterator[Path]:
         yield Path(name)
 
 
-def workload_pod() -> dict[str, Any]:
+def workload_pod(namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "checkout-1", "namespace": NAMESPACE, "labels": {"app": "checkout"}},
+        "metadata": {"name": "checkout-1", "namespace": namespace, "labels": {"app": "checkout"}},
         "spec": {
             "nodeName": NODE,
             "serviceAccountName": SERVICE_ACCOUNT,
             "containers": [{"name": "app", "image": IMAGE}],
         },
-        "status": {"phase": "Running"},
     }
 
 
-def node_agent(tmp_path: Path, server: HeraldServer, kubelet: Kubelet, sock: Path) -> HeraldAgent:
+def node_agent(
+    tmp_path: Path, server: HeraldServer, kubelet: Kubelet, sock: Path, token: str
+) -> HeraldAgent:
     token_file = tmp_path / "psat-token"
-    token_file.write_text("agent-token\n")
+    token_file.write_text(token + "\n")
     doc = k8s_agent_doc(tmp_path, server, token_file, sock)
     doc["workload_attestors"] = {
         "k8s": {
@@ -137,33 +133,45 @@ async def wait_until(predicate: Any, within: float = 20.0) -> None:
 
 
 async def test_a_pod_gets_its_identity_through_the_whole_chain(
-    kube: KubeCluster,
+    kube: Kube,
+    release: HeraldRelease,
     tmp_path: Path,
     kubelet: Kubelet,
     socket_dir: Path,
     cgroups: CgroupMaker,
 ) -> None:
-    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    shop = kube.create_namespace(f"{release.namespace}-shop")
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": shop},
+        }
+    )
     server = HeraldServer(
-        server_config(kube_config(tmp_path, "server"), base_dir=tmp_path),
-        api_client_factory=kube.api_client,
+        server_config(kube_config(tmp_path, "server", release), base_dir=tmp_path)
     )
     await server.start()
     add_node(kube, NODE)
-    add_agent_pod(kube, NODE, "agent-token")
-    created = kube.create(workload_pod())
+    psat = agent_token(kube, add_agent_pod(kube, release, NODE))
+    # The agent calls its kubelet with its ServiceAccount's token; the kubelet asks the API.
+    kubelet.token_file.write_text(kube.token(release.namespace, release.service_account("agent")))
+    created = kube.create(workload_pod(shop))
     container_id = hex64(random.Random())
     listed = Pod(
         name="checkout-1",
-        namespace=NAMESPACE,
+        namespace=shop,
         uid=created["metadata"]["uid"],
         service_account=SERVICE_ACCOUNT,
         containers=[Container("app", IMAGE, container_id)],
     )
     kubelet.body.body = pod_list([listed], filler=20)
     sock = socket_dir / "agent.sock"
-    agent = node_agent(tmp_path, server, kubelet, sock)
-    operator = Operator(kube, RegistrarConfig(trust_domain="example.org", cluster_name="test"))
+    agent = node_agent(tmp_path, server, kubelet, sock, psat)
+    operator = Operator(
+        release.kubeconfigs["operator"],
+        RegistrarConfig(trust_domain="example.org", cluster_name="test"),
+    )
     try:
         await agent.start()
         await asyncio.to_thread(operator.start)
@@ -176,7 +184,9 @@ async def test_a_pod_gets_its_identity_through_the_whole_chain(
         code, out, err = await fetch_in(cgroup, sock)
         assert code == 0, err
         svids = json.loads(out)["svids"]
-        assert [s["spiffe_id"] for s in svids] == [EXPECTED_ID]
+        assert [s["spiffe_id"] for s in svids] == [
+            f"spiffe://example.org/ns/{shop}/sa/{SERVICE_ACCOUNT}"
+        ]
 
         # A process outside the pod has no identity here.
         code, out, err = await fetch_in(None, sock)
@@ -184,7 +194,7 @@ async def test_a_pod_gets_its_identity_through_the_whole_chain(
         assert "no identity issued" in err
 
         # The pod goes: its entry goes with it (ownerReference), and so does the SVID.
-        kube.delete("v1", "Pod", "checkout-1", NAMESPACE)
+        kube.delete("v1", "Pod", "checkout-1", shop)
         await wait_until(lambda: manager.svid_count == 0)
         code, out, err = await fetch_in(cgroup, sock)
         assert code == 1

@@ -1,14 +1,19 @@
-"""The CA state in a Kubernetes Secret, against the API emulator: optimistic writes and watches."""
+"""The CA state in a Kubernetes Secret on the real API, as the server's ServiceAccount: optimistic
+writes and watches; API errors on cue from the fault proxy, watch expiry from etcd compaction."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
-from kubernetes.client import CoreV1Api
 
 from herald_core.clock import FakeClock
 from herald_core.jwtsvid import validate_jwt_svid
@@ -23,38 +28,67 @@ from herald_server.keystore import (
     KeyStoreError,
     SecretKeyStore,
 )
-from tests.kube_emulator import KubeCluster
+from herald_server.kube import kube_client_factory
+from tests.k8s.api import Kube
+from tests.k8s.controlplane import ControlPlane
+from tests.k8s.faults import FaultProxy
+from tests.k8s.install import HeraldRelease
 from tests.unit.test_keystore import NOW, TD, make_state
 
-
-@pytest.fixture
-def kube(kube_emulator: KubeCluster) -> KubeCluster:
-    return kube_emulator
-
-
-NAMESPACE = "herald"
 WORKLOAD = SpiffeId.parse("spiffe://example.org/ns/default/sa/web")
 
 
-def store_of(kube: KubeCluster) -> SecretKeyStore:
-    return SecretKeyStore(kube.api_client, NAMESPACE)
+@dataclass
+class Site:
+    """Where the Secret lives, and the server's view of the API (possibly through a proxy)."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    kubeconfig: Path
+
+    def store(self) -> SecretKeyStore:
+        return SecretKeyStore(kube_client_factory(self.kubeconfig), self.namespace, self.name)
+
+    def secret(self) -> dict[str, Any]:
+        secret = self.kube.get("v1", "Secret", self.name, self.namespace)
+        assert secret is not None
+        return secret
+
+    def patch(self, data: dict[str, Any]) -> None:
+        self.kube.patch("v1", "Secret", self.name, self.namespace, {"data": data})
+
+    @property
+    def where(self) -> str:
+        return f"Secret {self.namespace}/{self.name}"
 
 
-def stored_secret(kube: KubeCluster) -> dict[str, object]:
-    secret = kube.get("v1", "Secret", "herald-ca", NAMESPACE)
-    assert secret is not None
-    return secret
+@pytest.fixture
+def site(kube: Kube, release: HeraldRelease) -> Site:
+    return Site(kube, release.namespace, release.names["caSecret"], release.kubeconfigs["server"])
 
 
-async def test_an_absent_secret_means_nothing_stored(kube: KubeCluster) -> None:
-    assert await store_of(kube).load() is None
+@pytest.fixture
+def faults(own_control_plane: ControlPlane) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(own_control_plane).start()
+    yield proxy
+    proxy.stop()
 
 
-async def test_save_creates_the_secret_and_load_reads_it_back(kube: KubeCluster) -> None:
-    store = store_of(kube)
+@pytest.fixture
+def proxied(site: Site, faults: FaultProxy) -> Site:
+    return replace(site, kubeconfig=faults.kubeconfig(site.kubeconfig))
+
+
+async def test_an_absent_secret_means_nothing_stored(site: Site) -> None:
+    assert await site.store().load() is None
+
+
+async def test_save_creates_the_secret_and_load_reads_it_back(site: Site) -> None:
+    store = site.store()
     state = make_state()
     version = await store.save(state, version=None)
-    secret = stored_secret(kube)
+    secret = site.secret()
     metadata = secret["metadata"]
     assert isinstance(metadata, dict)
     assert metadata["labels"] == {
@@ -73,10 +107,10 @@ async def test_save_creates_the_secret_and_load_reads_it_back(kube: KubeCluster)
     assert loaded[1] == version
 
 
-async def test_writes_based_on_a_stale_version_conflict(kube: KubeCluster) -> None:
-    store = store_of(kube)
+async def test_writes_based_on_a_stale_version_conflict(site: Site) -> None:
+    store = site.store()
     first = await store.save(make_state(1), version=None)
-    with pytest.raises(KeyStoreConflict, match=r"Secret herald/herald-ca changed since version"):
+    with pytest.raises(KeyStoreConflict, match=rf"{site.where} changed since version"):
         await store.save(make_state(2), version=None)
     second = await store.save(make_state(2), version=first)
     assert second != first
@@ -87,43 +121,48 @@ async def test_writes_based_on_a_stale_version_conflict(kube: KubeCluster) -> No
     assert loaded[0].revision == 2
 
 
-async def test_an_update_of_a_deleted_secret_conflicts(kube: KubeCluster) -> None:
-    store = store_of(kube)
+async def test_an_update_of_a_deleted_secret_conflicts(site: Site) -> None:
+    store = site.store()
     version = await store.save(make_state(1), version=None)
-    kube.delete("v1", "Secret", "herald-ca", NAMESPACE)
+    site.kube.delete("v1", "Secret", site.name, site.namespace)
     with pytest.raises(KeyStoreConflict, match="HTTP 404"):
         await store.save(make_state(2), version=version)
 
 
-async def test_corrupt_secret_content_is_named(kube: KubeCluster) -> None:
-    store = store_of(kube)
+async def test_corrupt_secret_content_is_named(site: Site) -> None:
+    store = site.store()
     await store.save(make_state(), version=None)
     doc = json.loads(make_state().to_json())
     del doc["jwt_slots"][0]["kid"]
-    patched = base64.b64encode(json.dumps(doc).encode()).decode()
-    kube.patch("v1", "Secret", "herald-ca", {"data": {STATE_FILE: patched}}, NAMESPACE)
+    site.patch({STATE_FILE: base64.b64encode(json.dumps(doc).encode()).decode()})
     with pytest.raises(KeyStoreError) as info:
         await store.load()
     assert str(info.value) == (
-        "Secret herald/herald-ca data key 'ca-state.json': state.jwt_slots[0].kid is missing"
+        f"{site.where} data key 'ca-state.json': state.jwt_slots[0].kid is missing"
     )
-    kube.patch("v1", "Secret", "herald-ca", {"data": {STATE_FILE: None, "x": "eA=="}}, NAMESPACE)
-    with pytest.raises(KeyStoreError, match="Secret herald/herald-ca has no data key 'ca-state"):
+    site.patch({STATE_FILE: None, "x": "eA=="})
+    with pytest.raises(KeyStoreError, match=f"{site.where} has no data key 'ca-state"):
         await store.load()
 
 
-async def test_api_errors_are_reported_with_the_secret(kube: KubeCluster) -> None:
-    kube.emulator[f"get /api/v1/namespaces/{NAMESPACE}/secrets/herald-ca"] << 503
-    with pytest.raises(KeyStoreError, match="cannot read Secret herald/herald-ca: HTTP 503"):
-        await store_of(kube).load()
+def _secret_path(site: Site) -> str:
+    return f"/api/v1/namespaces/{site.namespace}/secrets/{site.name}"
 
 
-async def test_a_failed_catch_up_leaves_the_manager_unstarted(kube: KubeCluster) -> None:
+async def test_api_errors_are_reported_with_the_secret(proxied: Site, faults: FaultProxy) -> None:
+    faults.fail("GET", _secret_path(proxied), 503)
+    with pytest.raises(KeyStoreError, match=f"cannot read {proxied.where}: HTTP 503"):
+        await proxied.store().load()
+
+
+async def test_a_failed_catch_up_leaves_the_manager_unstarted(
+    proxied: Site, faults: FaultProxy
+) -> None:
     clock = FakeClock(NOW)
-    await CAManager(CASettings(TD), store_of(kube), clock).start()
-    kube.emulator[f"put /api/v1/namespaces/{NAMESPACE}/secrets/herald-ca"] << 503
+    await CAManager(CASettings(TD), proxied.store(), clock).start()
+    faults.fail("PUT", _secret_path(proxied), 503)
     clock.advance(timedelta(hours=8))  # the next CA is due: start must save
-    ca = CAManager(CASettings(TD), store_of(kube), clock)
+    ca = CAManager(CASettings(TD), proxied.store(), clock)
     for _ in range(2):  # retried, start fails for the same reason, not "already started"
         with pytest.raises(CAError, match=r"cannot save the CA state: .*HTTP 503"):
             await ca.start()
@@ -132,9 +171,10 @@ async def test_a_failed_catch_up_leaves_the_manager_unstarted(kube: KubeCluster)
 
 
 async def test_watch_sends_the_current_state_then_changes_and_survives_expiry(
-    kube: KubeCluster,
+    proxied: Site, faults: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = store_of(kube)
+    caplog.set_level(logging.INFO, logger="herald_server.keystore")
+    store = proxied.store()
     first = await store.save(make_state(1), version=None)
     watch = store.watch()
     try:
@@ -143,10 +183,12 @@ async def test_watch_sends_the_current_state_then_changes_and_survives_expiry(
         second = await store.save(make_state(2), version=first)
         state, version = await asyncio.wait_for(anext(watch), 10)
         assert (state.revision, version) == (2, second)
-        # etcd compaction: the open watch ends with 410 and the store must relist.
-        kube.expire_watches()
+        # The watch resumes from a resourceVersion the API server no longer has (a real 410
+        # Gone) and the store must relist.
+        await asyncio.to_thread(faults.expire_watches)
         state, version = await asyncio.wait_for(anext(watch), 10)
         assert (state.revision, version) == (2, second)
+        assert any("expired, relisting" in r.getMessage() for r in caplog.records)
         third = await store.save(make_state(3), version=second)
         state, version = await asyncio.wait_for(anext(watch), 10)
         assert (state.revision, version) == (3, third)
@@ -155,18 +197,15 @@ async def test_watch_sends_the_current_state_then_changes_and_survives_expiry(
 
 
 async def test_watch_skips_unreadable_content_and_delivers_the_next_good_write(
-    kube: KubeCluster,
+    site: Site,
 ) -> None:
-    store = store_of(kube)
+    store = site.store()
     version = await store.save(make_state(1), version=None)
     watch = store.watch()
     try:
         await asyncio.wait_for(anext(watch), 10)
-        garbage = base64.b64encode(b"{nope").decode()
-        kube.patch("v1", "Secret", "herald-ca", {"data": {STATE_FILE: garbage}}, NAMESPACE)
-        secret = CoreV1Api(kube.api_client()).read_namespaced_secret("herald-ca", NAMESPACE)
-        assert secret.metadata is not None
-        version = str(secret.metadata.resource_version)
+        site.patch({STATE_FILE: base64.b64encode(b"{nope").decode()})
+        version = site.secret()["metadata"]["resourceVersion"]
         newest = await store.save(make_state(4), version=version)
         state, seen = await asyncio.wait_for(anext(watch), 10)
         assert (state.revision, seen) == (4, newest)
@@ -174,11 +213,11 @@ async def test_watch_skips_unreadable_content_and_delivers_the_next_good_write(
         await watch.aclose()
 
 
-async def test_leader_and_follower_share_the_ca_through_the_secret(kube: KubeCluster) -> None:
+async def test_leader_and_follower_share_the_ca_through_the_secret(site: Site) -> None:
     clock = FakeClock(NOW)
     settings = CASettings(TD, ca_ttl=timedelta(hours=24))
-    leader = CAManager(settings, store_of(kube), clock)
-    follower = CAManager(settings, store_of(kube), clock)
+    leader = CAManager(settings, site.store(), clock)
+    follower = CAManager(settings, site.store(), clock)
     waiting = asyncio.create_task(follower.start(leader=False))
     await asyncio.sleep(0.2)
     assert not waiting.done()  # a follower waits for the leader to create the CA
@@ -186,7 +225,7 @@ async def test_leader_and_follower_share_the_ca_through_the_secret(kube: KubeClu
     await asyncio.wait_for(waiting, 10)
     assert follower.bundle() == leader.bundle()
 
-    watch = store_of(kube).watch()
+    watch = site.store().watch()
     try:
         clock.advance(timedelta(hours=8))
         assert await leader.rotate()
@@ -203,7 +242,7 @@ async def test_leader_and_follower_share_the_ca_through_the_secret(kube: KubeClu
     verify_chain(chain, leader.bundle().x509_authorities, now=clock.now())
     token, _, _ = follower.sign_jwt_svid(WORKLOAD, ["db"])
     validate_jwt_svid(token, {TD: leader.bundle()}, "db", now=clock.now())
-    saved = await store_of(kube).load()
+    saved = await site.store().load()
     assert saved is not None
     assert isinstance(saved[0], CAState)
     assert saved[0].sequence == 2

@@ -37,12 +37,14 @@ from herald_core.spiffeid import SpiffeId, TrustDomain
 from herald_core.wire import entry_to_proto
 from herald_core.x509svid import X509Svid, certs_to_pem, make_ca_certificate, verify_chain
 from herald_server.server import HeraldServer
-from tests.kube_emulator import KubeCluster
+from tests.k8s.api import Kube
+from tests.k8s.install import HeraldRelease
 from tests.server_harness import (
     SERVER_NAME,
     add_agent_pod,
     add_node,
     admin_stub,
+    agent_token,
     attested_manager,
     create_entry,
     fixed_ports,
@@ -52,12 +54,6 @@ from tests.server_harness import (
     utcnow,
     workload_entry,
 )
-
-
-@pytest.fixture
-def kube(kube_emulator: KubeCluster) -> KubeCluster:
-    return kube_emulator
-
 
 pytestmark = pytest.mark.timeout(90)
 UID_1000 = parse_selectors(["unix:uid:1000"])
@@ -203,7 +199,8 @@ async def test_a_new_channel_ends_the_sync_backoff_at_once(node: Node) -> None:
 
 
 async def test_jwt_svids_are_cached_per_audience_set(node: Node) -> None:
-    await create_entry(node.server, "/web", agent_id(node), jwt_svid_ttl=2)
+    # A 6 s life: the first fetches must fall in its first half even on a loaded machine.
+    await create_entry(node.server, "/web", agent_id(node), jwt_svid_ttl=6)
     await node.manager.start()
     await wait_for(lambda: node.manager.entry_count == 1)
     token = await node.manager.fetch_jwt("web", ["a", "b"])
@@ -211,7 +208,7 @@ async def test_jwt_svids_are_cached_per_audience_set(node: Node) -> None:
     assert await node.manager.fetch_jwt("web", ["b", "a"]) == token, "order does not matter"
     assert await node.manager.fetch_jwt("web", ["a"]) != token
     assert node.manager.counters.jwt_minted == 2
-    await asyncio.sleep(1.2)  # past half of the 2 s life, even with +10% jitter
+    await asyncio.sleep(3.4)  # past half of the 6 s life, even with +10% jitter
     assert await node.manager.fetch_jwt("web", ["a", "b"]) != token
 
 
@@ -371,13 +368,14 @@ async def test_bootstrap_needs_the_servers_ca(tmp_path: Path) -> None:
         load_trust_bundle(tmp_path / "missing.pem")
 
 
-async def test_k8s_psat_attestation_from_a_token_file(kube: KubeCluster, tmp_path: Path) -> None:
-    server = await start_kubernetes_server(kube, tmp_path)
+async def test_k8s_psat_attestation_from_a_token_file(
+    kube: Kube, release: HeraldRelease, tmp_path: Path
+) -> None:
+    server = await start_kubernetes_server(release, tmp_path)
     try:
         uid = add_node(kube, "node-a")
-        add_agent_pod(kube, "node-a", "projected-token")
         token_file = tmp_path / "token"
-        token_file.write_text("projected-token\n")
+        token_file.write_text(agent_token(kube, add_agent_pod(kube, release, "node-a")) + "\n")
         attested = await attest_k8s_psat(
             f"127.0.0.1:{server.attestation_port}",
             "test",
@@ -390,8 +388,9 @@ async def test_k8s_psat_attestation_from_a_token_file(kube: KubeCluster, tmp_pat
         manager = SvidManager(client, backoff_base=0.05, backoff_cap=0.5)
         await manager.start()
         try:
-            kube.create(workload_entry("web", "node-a", "/ns/shop/sa/web"))
-            await wait_for(lambda: manager.svid("shop.web") is not None)
+            shop = kube.create_namespace(f"{release.namespace}-shop")
+            kube.create(workload_entry("web", "node-a", "/ns/shop/sa/web", shop))
+            await wait_for(lambda: manager.svid(f"{shop}.web") is not None)
         finally:
             await manager.stop()
             await client.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -127,10 +128,24 @@ class Kube:
     def create(self, obj: Obj, *, track: bool = True) -> Obj:
         res = self.resource(obj["apiVersion"], obj["kind"])
         namespace = obj["metadata"].get("namespace")
-        created: Obj = self.request("POST", res.path(namespace), obj)
+        # Strict, as kubectl is: an unknown field is an error, not silently dropped.
+        created: Obj = self.request(
+            "POST", res.path(namespace), obj, query=[("fieldValidation", "Strict")]
+        )
         if track:
             self._created.append((res, namespace, created["metadata"]["name"]))
         return created
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """A namespace (deleted by `cleanup`), once its ``default`` ServiceAccount exists: pods
+        cannot be admitted before the controller has made it."""
+        meta: Obj = {"name": name, "labels": labels or {}}
+        self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+        wait_for(
+            lambda: self.get("v1", "ServiceAccount", "default", name) is not None,
+            what=f"the default ServiceAccount of {name}",
+        )
+        return name
 
     def get(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
@@ -272,3 +287,14 @@ def refusal(exc: ApiException) -> str:
         return str(json.loads(exc.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(exc.body)
+
+
+def kubeconfig_parts(path: Path) -> tuple[str, Path, str]:
+    """The server URL, CA file and bearer token of a kubeconfig written by tests/k8s."""
+    doc = yaml.safe_load(path.read_text())
+    cluster = doc["clusters"][0]["cluster"]
+    return (
+        str(cluster["server"]),
+        Path(cluster["certificate-authority"]),
+        str(doc["users"][0]["user"]["token"]),
+    )

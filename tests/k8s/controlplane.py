@@ -143,7 +143,9 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop every process, newest first; raises if any pid outlives SIGKILL."""
         for process in reversed(list(self.processes.values())):
-            process.stop()
+            # A few seconds' grace: a controller-manager whose API server restarted can sit on
+            # SIGTERM, and a test control plane has nothing to flush.
+            process.stop(grace=3)
 
     def logs(self, lines: int = 25) -> str:
         return "\n".join(p.tail(lines) for p in self.processes.values())
@@ -252,11 +254,50 @@ class ControlPlane:
         self._wait(apiserver, "kube-apiserver /readyz", lambda: self._get("/readyz") == 200)
 
     def restart_apiserver(self, down_for: float = 0.0) -> None:
-        """Stop the API server (etcd keeps its data), wait ``down_for`` seconds, start it again."""
+        """Kill the API server (etcd keeps the data), wait ``down_for`` seconds, start it again.
+
+        Killed, not stopped: with the controller-manager's watches open a SIGTERM takes over 20 s.
+        """
         assert self.bin_dir is not None
-        self.processes.pop("kube-apiserver").stop()
+        self.processes.pop("kube-apiserver").stop(grace=0)
         time.sleep(down_for)
         self._start_apiserver(self.bin_dir)
+
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """``name``'s process stopped (SIGSTOP) while the block runs: its controllers fall
+        behind on cue, as an overloaded or partitioned controller-manager does."""
+        process = self.processes[name]
+        process.signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.signal(signal.SIGCONT)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, as its periodic compaction would; the revision."""
+        status = _etcd_post(self.etcd_url, "/v3/maintenance/status", {})
+        revision = int(status["header"]["revision"])
+        _etcd_post(self.etcd_url, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def expire_watches(self) -> None:
+        """Make every resourceVersion a client holds too old (a real ``410 Gone``): a write moves
+        etcd's revision past them, etcd is compacted, and the restarted API server's watch caches
+        start from the new revision, so a watch resumed from an older one is refused."""
+        marker = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "herald-test-expiry", "namespace": "kube-system"},
+            "data": {"at": str(time.monotonic_ns())},
+        }
+        status, _ = self._admin_request(
+            "PUT", "/api/v1/namespaces/kube-system/configmaps/herald-test-expiry", marker
+        )
+        if status == 404:
+            self._admin_request("POST", "/api/v1/namespaces/kube-system/configmaps", marker)
+        self.compact_etcd()
+        self.restart_apiserver()
 
     def _start_controller_manager(self, bin_dir: Path) -> None:
         user = self.users["system:kube-controller-manager"]
@@ -300,10 +341,17 @@ class ControlPlane:
                 raise self.fail(f"{what} not ready after {self.ready_timeout:.0f} s")
             time.sleep(0.2)
 
-    def _admin_get(self, path: str) -> tuple[int, bytes]:
-        """An admin GET: status and body (0 when nothing answers)."""
+    def _admin_request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, bytes]:
+        """An admin call: status and body (0 when nothing answers)."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - https to our own loopback server
-            self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"}
+            self.url + path, data=data, headers=headers, method=method
         )
         context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
@@ -315,7 +363,7 @@ class ControlPlane:
             return 0, b""
 
     def _get(self, path: str) -> int:
-        return self._admin_get(path)[0]
+        return self._admin_request("GET", path)[0]
 
     def kubeconfig_for(self, name: str, token: str) -> Path:
         """A kubeconfig file for ``token`` (named ``name`` in ``workdir/kubeconfigs``)."""
@@ -324,7 +372,7 @@ class ControlPlane:
         )
 
     def version(self) -> dict[str, Any]:
-        status, body = self._admin_get("/version")
+        status, body = self._admin_request("GET", "/version")
         if status != 200:
             raise self.fail(f"GET /version answered {status}")
         return dict(json.loads(body))
@@ -336,6 +384,15 @@ def _etcd_healthy(url: str) -> bool:
             return bool(json.load(response).get("health") == "true")
     except (OSError, ValueError):
         return False
+
+
+def _etcd_post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A call to etcd's JSON gateway on its loopback client URL."""
+    request = urllib.request.Request(  # noqa: S310 - http to our own loopback etcd
+        url + path, data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return dict(json.load(response))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,14 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_binaries() -> None:
+    """For tests that start a control plane of their own (benchmarks' smoke runs)."""
+    try:
+        ensure_binaries()
+    except Prerequisite as exc:
+        missing(str(exc))
+
+
 @pytest.fixture(scope="session")
 def control_plane(
     tmp_path_factory: pytest.TempPathFactory,

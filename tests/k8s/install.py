@@ -124,6 +124,11 @@ def install_herald(
         )
         for obj in objects:
             admin.create(obj, track=False)
+        # Pods in the namespace (agent pods in the tests) need its default ServiceAccount.
+        wait_for(
+            lambda: admin.get("v1", "ServiceAccount", "default", namespace) is not None,
+            what=f"the default ServiceAccount of {namespace}",
+        )
         kubeconfigs = {
             c: plane.kubeconfig_for(
                 f"{release}-{c}",

@@ -73,11 +73,13 @@ class ManagedProcess:
             os.kill(self.pid, signum)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; raises if the pid outlives both."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds (at once if 0); raises if the pid
+        outlives both."""
         if self._popen is None:
             return
         if self.alive():
-            self._popen.send_signal(signal.SIGTERM)
+            if grace > 0:
+                self._popen.send_signal(signal.SIGTERM)
             try:
                 self._popen.wait(grace)
             except subprocess.TimeoutExpired:

@@ -9,8 +9,8 @@ users 400-630 millicores per agent.)
 
 The secure port (10250) needs the agent's service-account token, re-read whenever the file
 changes (projected tokens are rotated in place), and authorization: the kubelet asks the API
-server whether the token's subject may ``get`` ``nodes/proxy`` (or ``nodes/pods`` on clusters with
-the KubeletFineGrainedAuthz feature). A 401 or 403 is turned into an error that says exactly
+server whether the token's subject may ``get`` ``nodes/pods`` (Kubernetes 1.33 and newer, where
+KubeletFineGrainedAuthz is on by default) or ``nodes/proxy`` (older kubelets). A 401 or 403 is turned into an error that says exactly
 that. The read-only port (10255, plain HTTP, no auth) is supported for clusters that still run it.
 """
 
@@ -260,9 +260,10 @@ def _status_failure(config: KubeletConfig, status: int, body: bytes) -> str:
     if status == 403:
         return (
             f"the kubelet at {config.url} forbade GET /pods (HTTP 403): the agent's service "
-            "account needs RBAC 'get' on the 'nodes/proxy' resource (or 'nodes/pods' where "
-            "KubeletFineGrainedAuthz is on), e.g. a ClusterRole rule {apiGroups: [''], "
-            "resources: ['nodes/proxy', 'nodes/pods'], verbs: ['get']} bound to it; "
+            "account needs RBAC 'get' on 'nodes/pods' (Kubernetes 1.33 and newer, where "
+            "KubeletFineGrainedAuthz is on by default; the herald chart grants it) or on "
+            "'nodes/proxy' (older kubelets), e.g. a ClusterRole rule {apiGroups: [''], "
+            "resources: ['nodes/pods'], verbs: ['get']} bound to it; "
             f"kubelet said: {said!r}"
         )
     return f"the kubelet at {config.url} answered HTTP {status} to GET /pods: {said!r}"
