@@ -128,17 +128,20 @@ class Section:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"expected a whole number, got {describe(value)}")
         if not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
+            raise self.error(name, f"must be between {minimum} and {maximum}, got {_digits(value)}")
         return value
 
-    def number(self, name: str, default: float, minimum: float) -> float:
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
         value = self._take(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {describe(value)}")
-        if value < minimum:
-            raise self.error(name, f"must be at least {minimum}, got {value}")
+        # Compared before float(): a 400-digit int would overflow it. NaN fails both tests.
+        if not minimum <= value <= maximum:
+            raise self.error(
+                name, f"must be between {minimum:g} and {maximum:g}, got {_digits(value)}"
+            )
         return float(value)
 
     def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -179,6 +182,12 @@ class Section:
         return Section(value, self.where(name), self._base_dir, schema)
 
 
+def _digits(value: float) -> str:
+    """A number as an error quotes it: a 400-digit one is cut, so the message stays one line."""
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}… ({len(text)} digits)"
+
+
 def describe(value: object) -> str:
     """A short, type-revealing rendering of a value for an error message."""
     if isinstance(value, bool):
@@ -188,7 +197,7 @@ def describe(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        return f"a number ({_digits(value)})"
     return repr(value)
 
 

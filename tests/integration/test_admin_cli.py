@@ -369,6 +369,14 @@ async def test_list_filters_combine(admin: Admin) -> None:
         (["-jwtSVIDTTL", "-5s"], "-jwtSVIDTTL: must be positive, got '-5s'"),
         (["-jwtSVIDTTL", "-30"], "-jwtSVIDTTL: must be positive, got '-30'"),
         (
+            ["-x509SVIDTTL", "99999999999999999999"],
+            "-x509SVIDTTL: duration '99999999999999999999' is longer than 3650d",
+        ),
+        (
+            ["-jwtSVIDTTL", "99999999999999999999s"],
+            "-jwtSVIDTTL: duration '99999999999999999999s' is longer than 3650d",
+        ),
+        (
             ["-jwtSVIDTTL", "soon"],
             "-jwtSVIDTTL: cannot read duration 'soon'; write e.g. '30s', '5m', '1h30m', '500ms' "
             "or '3600'",
@@ -534,6 +542,7 @@ async def test_token_with_alias_as_json(admin: Admin) -> None:
             "-ttl: must be positive, got '0'; leave the flag out for the server's default",
         ),
         (["-ttl", "-1m"], "-ttl: must be positive, got '-1m'"),
+        (["-ttl", "99999999999999999999"], "-ttl: duration '99999999999999999999' is longer"),
         (["-spiffeID", "example.org/x"], "-spiffeID: scheme must be 'spiffe://'"),
         (
             ["-spiffeID", "spiffe://other.org/host"],

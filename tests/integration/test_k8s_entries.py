@@ -199,6 +199,9 @@ INVALID_SPECS = {
     "bad-ttl": {"x509SVIDTTL": "soon"},
     "negative-ttl": {"jwtSVIDTTL": -5},
     "bool-ttl": {"jwtSVIDTTL": True},
+    "huge-ttl": {"x509SVIDTTL": 10**400},
+    "huge-ttl-text": {"jwtSVIDTTL": "99999999999999999999"},
+    "long-ttl": {"jwtSVIDTTL": 366 * 86400 + 1},
     "bad-dns": {"dnsNames": ["UPPER.case"]},
     "no-node": {"nodeName": ""},
     "hint-type": {"hint": 7},
@@ -224,6 +227,8 @@ async def test_invalid_objects_are_skipped_once_and_never_fatal(
     assert "object=payments/other-domain" in messages and "outside trust domain" in messages
     assert "object=payments/reserved" in messages and "reserved" in messages
     assert "kind=ClusterStaticEntry object=elsewhere" in messages
+    assert "object=payments/huge-ttl " in messages and "spec.x509SVIDTTL: at most" in messages
+    assert "spec.jwtSVIDTTL: duration '99999999999999999999' is longer" in messages
 
     kube.expire_watches()  # the relist reads the same bad objects again, silently
     kube.create(_workload_entry("later"))

@@ -163,6 +163,8 @@ def test_the_documented_template_error_is_the_real_one() -> None:
         ({"ttl": 3600}, "spec.ttl: expected a string"),
         ({"jwtTtl": "1.5s"}, "spec.jwtTtl: must be whole seconds"),
         ({"ttl": "367d"}, "spec.ttl: at most 31622400 seconds"),
+        ({"ttl": "99999999999999999999"}, "spec.ttl: duration '99999999999999999999' is longer"),
+        ({"jwtTtl": "99999999999999999999s"}, "spec.jwtTtl: duration '99999999999999999999s'"),
         ({"federatesWith": ["partner.example", "PARTNER.example"]}, "partner.example is listed"),
         ({"federatesWith": ["spiffe://a.example/path"]}, "spec.federatesWith: 'spiffe://a.ex"),
         ({"hint": "x" * 1025}, "spec.hint: at most 1024 bytes"),

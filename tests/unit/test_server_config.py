@@ -211,6 +211,23 @@ def test_empty_file_needs_a_trust_domain(tmp_path: Path, no_pod: Path) -> None:
         ),
         ({"ca": {"jwt_svid_ttl": "1.5s"}}, "ca.jwt_svid_ttl: must be a whole number of seconds"),
         ({"join_token_ttl": "400d"}, "join_token_ttl: must be at most 366d"),
+        # 20 digits overflowed timedelta: a traceback instead of the field's name.
+        (
+            {"join_token_ttl": 99999999999999999999},
+            "join_token_ttl: duration '99999999999999999999' is longer than 3650d",
+        ),
+        ({"ca": {"ttl": "99999999999999999999s"}}, "ca.ttl: duration '99999999999999999999s' is"),
+        ({"ca": {"x509_svid_ttl": "9" * 400 + "h"}}, "ca.x509_svid_ttl: duration '99999"),
+        ({"ca": {"jwt_svid_ttl": "99999999999999999999"}}, "ca.jwt_svid_ttl: duration"),
+        ({"ca": {"agent_svid_ttl": "99999999999999999999m"}}, "ca.agent_svid_ttl: duration"),
+        ({"ca": {"refresh_hint": "99999999999999999999d"}}, "ca.refresh_hint: duration"),
+        (
+            {"limits": {"sign_rate_per_agent": 10**400}},
+            "limits.sign_rate_per_agent: must be between 0.001 and 1e+07, got 100000000000… "
+            "(401 digits)",
+        ),
+        ({"limits": {"sign_rate_per_agent": float("nan")}}, "limits.sign_rate_per_agent: must be"),
+        ({"limits": {"max_batch": 10**400}}, "limits.max_batch: must be between 1 and 100000, got"),
         (
             {"ca": {"key_type": "ed25519"}},
             "ca.key_type: 'ed25519' is not one of 'ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096'",
@@ -287,7 +304,10 @@ def test_empty_file_needs_a_trust_domain(tmp_path: Path, no_pod: Path) -> None:
             {"limits": {"max_message_bytes": 1000}},
             "limits.max_message_bytes: must be between 65536 and",
         ),
-        ({"limits": {"sign_rate_per_agent": 0}}, "limits.sign_rate_per_agent: must be at least"),
+        (
+            {"limits": {"sign_rate_per_agent": 0}},
+            "limits.sign_rate_per_agent: must be between 0.001 and 1e+07, got 0",
+        ),
         (
             {"limits": {"sign_burst_per_agent": 100}},
             "limits.sign_burst_per_agent: 100 is less than limits.max_batch (500); a full batch "
