@@ -18,6 +18,7 @@ import click
 import yaml
 
 from herald_core import __version__
+from herald_core.configfile import load_yaml
 from herald_core.health import HealthServer, HealthServerError
 from herald_core.logs import LogConfigError, parse_level, setup_logging
 from herald_core.spiffeid import SpiffeIdError, TrustDomain
@@ -39,7 +40,7 @@ def _load_config(ctx: click.Context, _: click.Parameter, value: str | None) -> s
     if value is None:
         return None
     try:
-        data = yaml.safe_load(Path(value).read_text()) or {}
+        data = load_yaml(Path(value).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise click.BadParameter(f"cannot read {value}: {exc}") from exc
     if not isinstance(data, dict):

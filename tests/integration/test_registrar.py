@@ -671,6 +671,10 @@ def test_run_command_checks_its_flags(tmp_path: Path) -> None:
     config.write_text("trust_domain: a\nsurprise: 1\n")
     result = runner.invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 2 and "surprise" in result.output
+    config.write_text("trust_domain: a\ncluster_name: c\ntrust_domain: b\n")
+    result = runner.invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "duplicate key 'trust_domain': set on line 1 and again on line 3" in result.output
 
 
 def test_peering_lets_one_replica_act(cluster: KubeCluster, tmp_path: Path) -> None:

@@ -219,6 +219,14 @@ def test_run_exits_2_naming_the_field_or_flag(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "Error: server_address: required" in result.output
 
+    path.write_text("trust_domain: example.org\nnode_attestor:\n  join_token: {token: a}\n" * 2)
+    result = runner.invoke(main, ["run", "-config", str(path)])
+    assert result.exit_code == 2
+    assert (
+        "agent.yaml:4:1: not valid YAML: duplicate key 'trust_domain': set on line 1 and again "
+        "on line 4"
+    ) in result.output
+
     result = runner.invoke(main, ["run", "-confg", str(path)])
     assert result.exit_code == 2
     assert "No such option '-confg'. Did you mean '-config'?" in result.output

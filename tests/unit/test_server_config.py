@@ -436,3 +436,25 @@ def test_to_ca_settings_takes_the_loaded_upstream(no_pod: Path) -> None:
         config.to_ca_settings()
     with pytest.raises(ConfigError, match="an upstream CA was given but none is configured"):
         build({}, no_pod).to_ca_settings(upstream)
+
+
+def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path: Path, no_pod: Path) -> None:
+    path = write(
+        tmp_path, "trust_domain: example.org\nca:\n  ttl: 1h\n  key_type: ec-p256\n  ttl: 2h\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, namespace_file=no_pod)
+    assert str(caught.value) == (
+        f"{path}:5:3: not valid YAML: duplicate key 'ttl': set on line 3 and again on line 5"
+    )
+
+
+def test_a_top_level_key_written_twice_is_refused(tmp_path: Path, no_pod: Path) -> None:
+    path = write(tmp_path, "trust_domain: example.org\ntrust_domain: other.org\n")
+    with pytest.raises(ConfigError, match="duplicate key 'trust_domain': set on line 1 and again"):
+        load_config(path, namespace_file=no_pod)
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path, no_pod: Path) -> None:
+    path = write(tmp_path, "trust_domain: example.org\nca:\n  <<: {ttl: 2h}\n  ttl: 4h\n")
+    assert load_config(path, namespace_file=no_pod).ca.ttl == timedelta(hours=4)
