@@ -356,6 +356,13 @@ async def test_list_filters_combine(admin: Admin) -> None:
             "-parentID: trust domain characters are limited to lowercase letters, digits, '.', "
             "'-' and '_'; found ' ' at position 3",
         ),
+        (
+            ["-spiffeID", "spiffe://EXAMPLE.org/web"],
+            "-spiffeID: trust domain must be lowercase; found 'E' at position 0 "
+            "(write 'example.org')",
+        ),
+        (["-parentID", "SPIFFE://example.org/x"], "-parentID: scheme must be lowercase"),
+        (["-federatesWith", "Partner.org"], "-federatesWith: trust domain must be lowercase"),
         (["-selector", "unix"], "-selector: selector 'unix' must have the form 'type:value'"),
         (
             ["-selector", "k8s:namespace:x"],

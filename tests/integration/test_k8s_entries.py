@@ -192,6 +192,7 @@ async def test_cluster_static_entries(kube: KubeCluster, store: KubernetesEntryS
 
 INVALID_SPECS = {
     "bad-id": {"spiffeID": "spiffe://example.org/a//b"},
+    "upper-case-domain": {"spiffeID": "spiffe://Example.org/a"},
     "other-domain": {"spiffeID": "spiffe://elsewhere.org/x"},
     "reserved": {"spiffeID": "spiffe://example.org/herald/agent/k8s_psat/prod/x"},
     "bad-selector": {"selectors": ["k8s:namespace:payments"]},
@@ -227,6 +228,7 @@ async def test_invalid_objects_are_skipped_once_and_never_fatal(
     assert "object=payments/other-domain" in messages and "outside trust domain" in messages
     assert "object=payments/reserved" in messages and "reserved" in messages
     assert "kind=ClusterStaticEntry object=elsewhere" in messages
+    assert "object=payments/upper-case-domain" in messages and "must be lowercase" in messages
     assert "object=payments/huge-ttl " in messages and "spec.x509SVIDTTL: at most" in messages
     assert "spec.jwtSVIDTTL: duration '99999999999999999999' is longer" in messages
 

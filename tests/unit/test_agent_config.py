@@ -103,6 +103,7 @@ def test_read_only_kubelet_port_is_plain_http() -> None:
     [
         (minimal(trust_domain=None), "trust_domain: required"),
         (minimal(trust_domain="spiffe://example.org/x"), "trust_domain: "),
+        (minimal(trust_domain="Example.org"), "trust_domain: trust domain must be lowercase"),
         (minimal(server_address=None), "server_address: required"),
         (minimal(server_address="herald-server"), "server_address: expected host:port"),
         (minimal(server_address="h:0"), "server_address: port 0 cannot be dialled"),

@@ -80,7 +80,7 @@ def test_full_kubernetes_file(tmp_path: Path, no_pod: Path) -> None:
     path = write(
         tmp_path,
         """
-        trust_domain: Prod.Example.ORG
+        trust_domain: prod.example.org
         mode: kubernetes
         data_dir: data
         log_level: DEBUG
@@ -211,6 +211,11 @@ def test_empty_file_needs_a_trust_domain(tmp_path: Path, no_pod: Path) -> None:
         ),
         ({"ca": {"jwt_svid_ttl": "1.5s"}}, "ca.jwt_svid_ttl: must be a whole number of seconds"),
         ({"join_token_ttl": "400d"}, "join_token_ttl: must be at most 366d"),
+        (
+            {"trust_domain": "Prod.Example.ORG"},
+            "trust_domain: trust domain must be lowercase; found 'P' at position 0 "
+            "(write 'prod.example.org')",
+        ),
         # 20 digits overflowed timedelta: a traceback instead of the field's name.
         (
             {"join_token_ttl": 99999999999999999999},
