@@ -39,7 +39,7 @@ from herald_agent.svid_manager import Identity, SvidManager, SvidManagerError
 from herald_agent.workload_names import NO_IDENTITY, SECURITY_HEADER, SECURITY_HEADER_VALUE
 from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
-from herald_core.jwtsvid import JwtSvidError, validate_jwt_svid
+from herald_core.jwtsvid import JwtSvidError, check_audience, check_audiences, validate_jwt_svid
 from herald_core.logs import log_event
 from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
 from herald_core.selector import Selector
@@ -361,6 +361,10 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         audiences = list(dict.fromkeys(a for a in request.audience if a.strip()))
         if not audiences:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
+        try:
+            check_audiences(audiences)
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         wanted: SpiffeId | None = None
         if request.spiffe_id:
             try:
@@ -415,6 +419,10 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
         if not request.svid:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, SVID_REQUIRED)
+        try:
+            check_audience(request.audience)
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # The caller is attested only to choose the bundles: no identity is no refusal here.
         selectors = await self._attest(context)
         bundles = self._bundles_for(self._manager.identities_for(selectors))
