@@ -219,6 +219,14 @@ class _StateCollector(Collector):
         for (rpc, code), count in sorted(counted.items()):
             calls.add_metric([rpc, code], count)
         yield calls
+        malformed = CounterMetricFamily(
+            "herald_agent_workload_api_malformed_requests",
+            "Workload API requests that did not parse (answered INVALID_ARGUMENT), by RPC.",
+            labels=["rpc"],
+        )
+        for rpc in WORKLOAD_RPCS:
+            malformed.add_metric([rpc], state.malformed[rpc])
+        yield malformed
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

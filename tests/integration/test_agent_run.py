@@ -8,34 +8,26 @@ API emulator, reads its rotated token and attests again).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from herald_agent.agent import HeraldAgent
 from herald_agent.config import ConfigError
 from herald_agent.config import config_from_mapping as agent_config
 from herald_agent.server_client import attest_join_token
 from herald_agent.svid_store import STATE_FILE
-from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
-from herald_core.spiffeid import SpiffeId
+from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.x509svid import parse_der_chain
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
+from tests.agent_process import HERALD_AGENT, AgentProcess, metric, wait_for, write_config
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     AUDIENCE,
@@ -43,10 +35,8 @@ from tests.server_harness import (
     SERVER_NAME,
     add_agent_pod,
     add_node,
-    agent_doc,
     create_entry,
     fixed_ports,
-    free_port,
     join_token,
     k8s_agent_doc,
     kube_config,
@@ -56,109 +46,14 @@ from tests.server_harness import (
 
 pytestmark = pytest.mark.timeout(120)
 
-HERALD_AGENT = str(Path(sys.executable).with_name("herald-agent"))
 HEADER = (("workload.spiffe.io", "true"),)
 MY_UID = f"unix:uid:{os.getuid()}"
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class AgentProcess:
-    """One ``herald-agent run`` subprocess and what a test asks of it."""
-
-    config_path: Path
-    socket_path: Path
-    data_dir: Path
-    health_port: int
-    process: subprocess.Popen[bytes] | None = None
-    session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [HERALD_AGENT, "run", "-config", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    async def get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.health_port}{path}"
-        try:
-            async with self.session.get(url) as response:
-                return response.status, await response.text()
-        except aiohttp.ClientConnectionError:
-            return 0, ""
-
-    async def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-            pytest.fail(f"herald-agent exited {self.process.returncode}: {stderr}")
-        status, _ = await self.get("/ready")
-        return status == 200
-
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, text = await self.get("/metrics")
-        assert status == 200
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    async def holds_svids(self, count: int) -> None:
-        async def held() -> bool:
-            return metric(await self.metrics(), "herald_agent_svids") == count
-
-        await wait_for(held)
-
-    async def stop(self) -> tuple[int, str]:
-        """SIGTERM; the exit code and stderr."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(self.process.wait, 15)
-        stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-        self.process = None
-        return code, stderr
-
-    def agent_id(self) -> SpiffeId:
-        stored = json.loads((self.data_dir / STATE_FILE).read_text())
-        return SpiffeId.parse(stored["spiffe_id"])
-
-    def workload_stub(self) -> tuple[grpc.aio.Channel, Any]:
-        channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
-        return channel, workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-
-    async def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        await self.session.close()
-
-
-def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), -1.0)
 
 
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="herald-run-test-") as name:
         yield Path(name)
-
-
-def write_config(tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any) -> AgentProcess:
-    health_port = free_port()
-    doc = agent_doc(tmp, server, socket_dir / "agent.sock")
-    doc.update(health_address=f"127.0.0.1:{health_port}", log_level="debug", **extra)
-    path = tmp / "agent.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return AgentProcess(path, socket_dir / "agent.sock", tmp / "agent-data", health_port)
 
 
 @pytest.fixture
