@@ -247,10 +247,12 @@ class WorkloadApiService:
 
     @contextlib.contextmanager
     def _track(self, rpc: str, context: _Context, *, stream: bool = False) -> Iterator[None]:
-        """Count the call by RPC and final status code (and the stream while it is open)."""
+        """Count the call by RPC and final status code (and the stream while it is open); the
+        relay counts it open on its connection, which is not idle meanwhile."""
         metrics = self.metrics
         if stream:
             metrics.streams_open += 1
+        self._callers.call_started(context)
         code = grpc.StatusCode.OK
         try:
             yield
@@ -261,6 +263,7 @@ class WorkloadApiService:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         finally:
+            self._callers.call_ended(context)
             if stream:
                 metrics.streams_open -= 1
             metrics.calls[(rpc, code.name)] += 1
