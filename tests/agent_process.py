@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class AgentProcess:
     data_dir: Path
     health_port: int
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Set in the process's environment, over this one's."""
     process: subprocess.Popen[bytes] | None = None
     session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
 
@@ -60,6 +63,7 @@ class AgentProcess:
                 [HERALD_AGENT, "run", "-config", str(self.config_path)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE if log is None else log,
+                env={**os.environ, **self.env},
             )
         finally:
             if log is not None:

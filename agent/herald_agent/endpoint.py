@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from asyncio.trsock import TransportSocket
@@ -57,6 +58,10 @@ DEFAULT_IDLE_TIMEOUT: Final = 300.0
 _ABSTRACT_PEER_PREFIX: Final = "unix-abstract:"
 _NAME_PREFIX: Final = "herald-"
 _PRIVATE_SOCKET_NAME: Final = "workload.sock"
+_PRIVATE_DIR_PREFIX: Final = "herald-agent-"
+_PRIVATE_DIR_MODE: Final = 0o700
+# A private directory without a socket may belong to an agent between mkdtemp and bind.
+_SOCKETLESS_GRACE_SECONDS: Final = 60.0
 _CHUNK: Final = 64 * 1024
 # Every workload on the node may reconnect at once after an agent restart; the kernel caps this
 # at net.core.somaxconn, as it does Go's listeners in SPIRE.
@@ -238,7 +243,10 @@ class WorkloadEndpoint:
     async def start(self) -> None:
         """Start the private server, then listen on the public socket (0777)."""
         prepare_socket_path(self.public_socket)
-        self._private_dir = Path(tempfile.mkdtemp(prefix="herald-agent-", dir=self._private_parent))
+        parent = Path(self._private_parent or tempfile.gettempdir())
+        for stale in remove_stale_private_dirs(parent):
+            log_event(_log, "info", "removed a stale private directory", path=str(stale))
+        self._private_dir = Path(tempfile.mkdtemp(prefix=_PRIVATE_DIR_PREFIX, dir=parent))
         try:
             await self._start_private()
             self._public = await asyncio.start_unix_server(
@@ -459,6 +467,49 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     except ConnectionError:
         # A reset or broken pipe is just the end of this connection.
         return
+
+
+def remove_stale_private_dirs(parent: Path) -> list[Path]:
+    """Remove private directories agents killed with SIGKILL left in ``parent``; those removed.
+
+    Only an agent's own kind is touched: a real directory (not a symlink) named
+    ``herald-agent-*``, owned by this user, mode 0700, whose ``workload.sock`` refuses
+    connections (no agent serves it), or which has no socket and is over a minute old.
+    """
+    removed = []
+    for path in parent.glob(_PRIVATE_DIR_PREFIX + "*"):
+        if _is_stale_private_dir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _is_stale_private_dir(path: Path) -> bool:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.geteuid()
+        or stat.S_IMODE(info.st_mode) != _PRIVATE_DIR_MODE
+    ):
+        return False
+    sock_path = path / _PRIVATE_SOCKET_NAME
+    try:
+        sock_info = sock_path.lstat()
+    except FileNotFoundError:
+        return time.time() - info.st_mtime > _SOCKETLESS_GRACE_SECONDS
+    if not stat.S_ISSOCK(sock_info.st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock_path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def prepare_socket_path(path: Path) -> None:

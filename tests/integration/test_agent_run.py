@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -341,3 +343,68 @@ async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
     finally:
         await agent.stop()
         await server.stop()
+
+
+def stale_socket(directory: Path, mode: int = 0o700) -> Path:
+    """``directory`` (made with ``mode``) holding a socket file nobody listens on any more."""
+    directory.mkdir(mode=mode)
+    directory.chmod(mode)
+    path = directory / "workload.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory of another owner needs root")
+async def test_a_restart_after_kill_9_removes_only_stale_private_directories_of_its_own(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    agent = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": await join_token(server)}},
+    )
+    agent.env = {"TMPDIR": str(tmp)}
+    # Not stale, or not an agent's: each must survive the restart.
+    stale_socket(tmp / "herald-agent-other-owner")
+    os.chown(tmp / "herald-agent-other-owner", 12345, 12345)
+    stale_socket(tmp / "herald-agent-wrong-mode", mode=0o755)
+    (tmp / "herald-agent-starting").mkdir(mode=0o700)
+    (tmp / "herald-agent-a-file").write_text("not a directory")
+    stale_socket(tmp / "elsewhere")
+    (tmp / "herald-agent-link").symlink_to(tmp / "elsewhere")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    (tmp / "herald-agent-live").mkdir(mode=0o700)
+    live.bind(str(tmp / "herald-agent-live" / "workload.sock"))
+    live.listen()
+    # Stale: a socketless directory older than a minute.
+    old = tmp / "herald-agent-old-and-empty"
+    old.mkdir(mode=0o700)
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    kept = sorted(p.name for p in tmp.iterdir() if p != old)
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        (first,) = set(tmp.iterdir()) - {tmp / name for name in kept} - {old}
+        assert not old.exists(), "removed at the first start"
+        assert agent.process is not None
+        agent.process.kill()
+        agent.process.wait()
+        agent.process = None
+        assert first.exists(), "SIGKILL leaves the private directory behind"
+
+        agent.start()
+        await wait_for(agent.ready)
+        assert not first.exists(), "the killed agent's directory is gone"
+        (second,) = set(tmp.iterdir()) - {tmp / name for name in kept}
+        assert second.name.startswith("herald-agent-") and second != first
+        assert sorted(p.name for p in tmp.iterdir() if p != second) == kept
+        code, _ = await agent.stop()
+        assert code == 0
+        assert not second.exists(), "a clean stop removes its own"
+    finally:
+        live.close()
+        await agent.close()
