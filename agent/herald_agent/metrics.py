@@ -201,6 +201,12 @@ class _StateCollector(Collector):
             "Times the entry sync stream had to be reopened.",
             counters.sync_reconnects,
         )
+        yield _gauge(
+            "herald_agent_sync_age_seconds",
+            "0 while the entry sync stream is open, else seconds since it last was: how stale "
+            "the entries this node serves may be.",
+            manager.sync_age(),
+        )
         yield _counter(
             "herald_agent_jwt_svids_minted", "JWT-SVIDs signed by the server.", counters.jwt_minted
         )
