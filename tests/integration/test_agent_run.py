@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -407,4 +408,55 @@ async def test_a_restart_after_kill_9_removes_only_stale_private_directories_of_
         assert not second.exists(), "a clean stop removes its own"
     finally:
         live.close()
+        await agent.close()
+
+
+async def test_api_watch_follows_the_agent_through_a_restart(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    agent = write_config(
+        tmp_path,
+        server,
+        socket_dir,
+        node_attestor={"join_token": {"token": await join_token(server)}},
+    )
+    watch: asyncio.subprocess.Process | None = None
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        await create_entry(server, "/watched", agent.agent_id(), selectors=(MY_UID,))
+        await agent.holds_svids(1)
+        watch = await asyncio.create_subprocess_exec(
+            HERALD_AGENT,
+            "api",
+            "watch",
+            "-socketPath",
+            str(agent.socket_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert watch.stdout is not None and watch.stderr is not None
+
+        async def next_update() -> None:
+            assert watch is not None and watch.stdout is not None
+            while True:
+                line = await asyncio.wait_for(watch.stdout.readline(), 30)
+                assert line, "watch exited"
+                if line.startswith(b"SPIFFE ID:"):
+                    assert b"spiffe://example.org/watched" in line
+                    return
+
+        await next_update()
+        code, _ = await agent.stop()
+        assert code == 0
+        retry = await asyncio.wait_for(watch.stderr.readline(), 30)
+        assert retry.startswith(b"Watch: ") and b"; retrying in " in retry, retry
+        assert watch.returncode is None, "watch keeps going while the agent is away"
+        agent.start()
+        await wait_for(agent.ready)
+        await next_update()
+    finally:
+        if watch is not None and watch.returncode is None:
+            watch.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(watch.wait(), 15) == 130
         await agent.close()
