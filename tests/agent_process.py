@@ -29,7 +29,7 @@ from herald_agent.svid_store import STATE_FILE
 from herald_core.proto.spiffe.workload import workload_pb2_grpc
 from herald_core.spiffeid import SpiffeId
 from herald_server.server import HeraldServer
-from tests.server_harness import agent_doc, free_port
+from tests.server_harness import agent_doc, free_port, join_token
 
 HERALD_AGENT = str(Path(sys.executable).with_name("herald-agent"))
 
@@ -146,4 +146,14 @@ def write_config(
     path.write_text(yaml.safe_dump(doc))
     return AgentProcess(
         path, socket_dir / "agent.sock", tmp / "agent-data", health_port, log_path=log_path
+    )
+
+
+async def joined_agent(
+    tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any
+) -> AgentProcess:
+    """`write_config` for an agent that attests with a fresh join token of ``server``."""
+    token = await join_token(server)
+    return write_config(
+        tmp, server, socket_dir, node_attestor={"join_token": {"token": token}}, **extra
     )

@@ -194,35 +194,18 @@ class WorkloadApiService:
     def _method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """No request deserializer: each method gets the bytes and parses them itself."""
         stream, unary = grpc.unary_stream_rpc_method_handler, grpc.unary_unary_rpc_method_handler
+        methods: dict[str, tuple[Any, Any, type[protobuf_message.Message]]] = {
+            "FetchX509SVID": (stream, self.FetchX509SVID, workload_pb2.X509SVIDResponse),
+            "FetchX509Bundles": (stream, self.FetchX509Bundles, workload_pb2.X509BundlesResponse),
+            "FetchJWTSVID": (unary, self.FetchJWTSVID, workload_pb2.JWTSVIDResponse),
+            "FetchJWTBundles": (stream, self.FetchJWTBundles, workload_pb2.JWTBundlesResponse),
+            "ValidateJWTSVID": (unary, self.ValidateJWTSVID, workload_pb2.ValidateJWTSVIDResponse),
+            "FetchWITSVID": (stream, self.FetchWITSVID, workload_pb2.WITSVIDResponse),
+            "FetchWITBundles": (stream, self.FetchWITBundles, workload_pb2.WITBundlesResponse),
+        }
         return {
-            "FetchX509SVID": stream(
-                self.FetchX509SVID,
-                response_serializer=workload_pb2.X509SVIDResponse.SerializeToString,
-            ),
-            "FetchX509Bundles": stream(
-                self.FetchX509Bundles,
-                response_serializer=workload_pb2.X509BundlesResponse.SerializeToString,
-            ),
-            "FetchJWTSVID": unary(
-                self.FetchJWTSVID,
-                response_serializer=workload_pb2.JWTSVIDResponse.SerializeToString,
-            ),
-            "FetchJWTBundles": stream(
-                self.FetchJWTBundles,
-                response_serializer=workload_pb2.JWTBundlesResponse.SerializeToString,
-            ),
-            "ValidateJWTSVID": unary(
-                self.ValidateJWTSVID,
-                response_serializer=workload_pb2.ValidateJWTSVIDResponse.SerializeToString,
-            ),
-            "FetchWITSVID": stream(
-                self.FetchWITSVID,
-                response_serializer=workload_pb2.WITSVIDResponse.SerializeToString,
-            ),
-            "FetchWITBundles": stream(
-                self.FetchWITBundles,
-                response_serializer=workload_pb2.WITBundlesResponse.SerializeToString,
-            ),
+            name: handler(method, response_serializer=response.SerializeToString)
+            for name, (handler, method, response) in methods.items()
         }
 
     def _dedupe(self, identities: Sequence[Identity]) -> list[Identity]:

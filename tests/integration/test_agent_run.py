@@ -30,7 +30,14 @@ from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.x509svid import parse_der_chain
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
-from tests.agent_process import HERALD_AGENT, AgentProcess, metric, wait_for, write_config
+from tests.agent_process import (
+    HERALD_AGENT,
+    AgentProcess,
+    joined_agent,
+    metric,
+    wait_for,
+    write_config,
+)
 from tests.kube_emulator import KubeCluster
 from tests.server_harness import (
     AUDIENCE,
@@ -78,12 +85,7 @@ async def fetch_x509(agent: AgentProcess) -> workload_pb2.X509SVIDResponse:
 async def test_run_serves_counts_stops_and_restarts_from_data_dir(
     tmp_path: Path, server: HeraldServer, socket_dir: Path
 ) -> None:
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     try:
         agent.start()
         await wait_for(agent.ready)
@@ -238,12 +240,7 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
     tmp_path: Path, socket_dir: Path
 ) -> None:
     server = await start_server(tmp_path / "server", ca={"agent_svid_ttl": "2s"}, **fixed_ports())
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     try:
         agent.start()
         await wait_for(agent.ready)
@@ -362,12 +359,7 @@ async def test_a_restart_after_kill_9_removes_only_stale_private_directories_of_
 ) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     agent.env = {"TMPDIR": str(tmp)}
     # Not stale, or not an agent's: each must survive the restart.
     stale_socket(tmp / "herald-agent-other-owner")
@@ -414,12 +406,7 @@ async def test_a_restart_after_kill_9_removes_only_stale_private_directories_of_
 async def test_api_watch_follows_the_agent_through_a_restart(
     tmp_path: Path, server: HeraldServer, socket_dir: Path
 ) -> None:
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     watch: asyncio.subprocess.Process | None = None
     try:
         agent.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ import pytest
 
 from herald_core.proto.spiffe.workload import workload_pb2
 from herald_server.server import HeraldServer
-from tests.agent_process import AgentProcess, metric, wait_for, write_config
-from tests.server_harness import create_entry, join_token, start_server
+from tests.agent_harness import socket_directory
+from tests.agent_process import AgentProcess, joined_agent, metric, wait_for
+from tests.server_harness import create_entry, start_server
 
 pytestmark = pytest.mark.timeout(180)
 HEADER = (("workload.spiffe.io", "true"),)
@@ -45,8 +45,8 @@ ROUNDS = 50
 
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="herald-hostile-") as name:
-        yield Path(name)
+    with socket_directory() as path:
+        yield path
 
 
 @pytest.fixture
@@ -59,14 +59,8 @@ async def server(tmp_path: Path) -> AsyncIterator[HeraldServer]:
 async def start_agent(
     tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any
 ) -> AgentProcess:
-    agent = write_config(
-        tmp,
-        server,
-        socket_dir,
-        log_path=tmp / "agent.log",
-        log_level="info",
-        node_attestor={"join_token": {"token": await join_token(server)}},
-        **extra,
+    agent = await joined_agent(
+        tmp, server, socket_dir, log_path=tmp / "agent.log", log_level="info", **extra
     )
     agent.start()
     try:
