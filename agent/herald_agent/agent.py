@@ -144,8 +144,16 @@ class HeraldAgent:
     ) -> WorkloadEndpoint:
         callers = CallerRegistry()
         service = WorkloadApiService(manager, callers, attestors)
-        self.metrics.track(manager, service)
-        return WorkloadEndpoint(self.config.socket_path, service.register, callers=callers)
+        limits = self.config.workload_api
+        endpoint = WorkloadEndpoint(
+            self.config.socket_path,
+            service.register,
+            callers=callers,
+            max_connections_per_uid=limits.max_connections_per_uid,
+            idle_timeout=limits.idle_timeout.total_seconds(),
+        )
+        self.metrics.track(manager, service, endpoint.counters)
+        return endpoint
 
     def _workload_attestors(self) -> list[WorkloadAttestor]:
         wanted = self.config.workload_attestors

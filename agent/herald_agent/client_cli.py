@@ -8,6 +8,7 @@ every other failure exits 1 with one line.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -28,6 +29,7 @@ from herald_agent.api_output import (
     x509_bundles_text,
     x509_text,
 )
+from herald_agent.rotation import Backoff
 from herald_agent.workload_client import HEADER, WorkloadSocket, resolve_socket
 from herald_agent.workload_names import DEFAULT_SOCKET_PATH, ENV_SOCKET, NO_IDENTITY
 from herald_core.durations import DurationError, parse_duration
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     )
 
 _HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
+# go-spiffe's watcher backoff: 1 s doubling to 30 s.
+WATCH_RETRY_BASE: Final = 1.0
+WATCH_RETRY_CAP: Final = 30.0
 _M = TypeVar("_M")
 
 
@@ -259,17 +264,35 @@ def validate_jwt(socket: WorkloadSocket, audience: str, svid: str, output: str) 
 @api.command("watch")
 @workload_flags
 def watch(socket: WorkloadSocket) -> None:
-    """Print this process's X509-SVIDs each time they change, until interrupted."""
+    """Print this process's X509-SVIDs each time they change, until interrupted.
+
+    A stream the agent ends or loses (an agent restart, say) is opened again with backoff, as
+    go-spiffe's watcher (and so spire-agent's) does; INVALID_ARGUMENT alone ends the command.
+    """
 
     async def follow(stub: Stub, _: grpc.aio.Channel) -> None:
-        # No deadline: the stream is meant to stay open; -timeout bounds the dial only.
-        call = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER)
+        backoff = Backoff(base=WATCH_RETRY_BASE, cap=WATCH_RETRY_CAP)
         last = time.monotonic()
-        async for response in call:
-            now = time.monotonic()
-            click.echo(x509_text(parse_x509_response(response), now - last))
-            last = now
-        raise click.ClickException("the agent ended the X509-SVID stream")
+        while True:
+            # No deadline: the stream is meant to stay open; -timeout bounds the first dial
+            # only. wait_for_ready: a retry waits for the agent's socket to accept again.
+            call = stub.FetchX509SVID(
+                workload_pb2.X509SVIDRequest(), metadata=HEADER, wait_for_ready=True
+            )
+            try:
+                async for response in call:
+                    now = time.monotonic()
+                    click.echo(x509_text(parse_x509_response(response), now - last))
+                    last = now
+                    backoff.reset()
+                reason = "the agent ended the X509-SVID stream"
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                    raise  # the Workload API's "do not retry"
+                reason = socket.rpc_error(exc)
+            delay = backoff.next_delay()
+            click.echo(f"Watch: {reason}; retrying in {delay:.1f}s", err=True)
+            await asyncio.sleep(delay)
 
     try:
         socket.run(follow)

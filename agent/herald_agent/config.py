@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from herald_agent.attestors.kubelet import SERVICE_ACCOUNT_DIR, KubeletConfig
+from herald_agent.endpoint import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_UID
 from herald_agent.workload_names import DEFAULT_SOCKET_PATH
 from herald_core.configfile import Address as Address
 from herald_core.configfile import ConfigError as ConfigError
@@ -105,6 +107,14 @@ class WorkloadAttestorsConfig:
 
 
 @dataclass(frozen=True)
+class WorkloadApiConfig:
+    """Bounds on what callers of the Workload API socket may hold open."""
+
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
+    idle_timeout: timedelta = timedelta(seconds=DEFAULT_IDLE_TIMEOUT)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     trust_domain: TrustDomain
     server_address: Address
@@ -116,6 +126,7 @@ class AgentConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     health_address: Address = DEFAULT_HEALTH_ADDRESS
     workload_attestors: WorkloadAttestorsConfig = field(default_factory=WorkloadAttestorsConfig)
+    workload_api: WorkloadApiConfig = field(default_factory=WorkloadApiConfig)
     log_level: str = "info"
     log_format: LogFormat = "text"
 
@@ -246,6 +257,17 @@ def _read_workload_attestors(top: Section) -> WorkloadAttestorsConfig:
     )
 
 
+def _read_workload_api(top: Section) -> WorkloadApiConfig:
+    section = top.section("workload_api", WorkloadApiConfig)
+    defaults = WorkloadApiConfig()
+    return WorkloadApiConfig(
+        max_connections_per_uid=section.integer(
+            "max_connections_per_uid", defaults.max_connections_per_uid, 1, 1_000_000
+        ),
+        idle_timeout=section.duration("idle_timeout", defaults.idle_timeout),
+    )
+
+
 def config_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> AgentConfig:
     """Check and build an AgentConfig from a parsed document; relative paths join ``base_dir``."""
     top = Section(raw, "", base_dir, AgentConfig)
@@ -264,6 +286,7 @@ def config_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> AgentConfi
         data_dir=top.path("data_dir") or DEFAULT_DATA_DIR,
         health_address=top.address("health_address", DEFAULT_HEALTH_ADDRESS),
         workload_attestors=_read_workload_attestors(top),
+        workload_api=_read_workload_api(top),
         log_level=top.choice("log_level", tuple(LOG_LEVELS), "info"),
         log_format=top.choice("log_format", LOG_FORMATS, "text"),
     )

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from herald_agent.attestors import WorkloadAttestor
+from herald_agent.endpoint import EndpointCounters
 from herald_agent.svid_manager import RotationKind, SvidManager
 from herald_agent.workload_api import WorkloadApiService
 from herald_core.selector import Selector
@@ -116,10 +117,12 @@ class AgentMetrics:
         """One SVID renewed ``lag_seconds`` after it was due (0 when on time)."""
         self.rotation_lag.labels(kind=kind).observe(max(lag_seconds, 0.0))
 
-    def track(self, manager: SvidManager, service: WorkloadApiService) -> None:
-        """Export ``manager``'s and ``service``'s own counters and gauges at scrape time."""
+    def track(
+        self, manager: SvidManager, service: WorkloadApiService, endpoint: EndpointCounters
+    ) -> None:
+        """Export the manager's, service's and endpoint's own counters and gauges at scrape time."""
         self.agent_svid_expiry.set_function(lambda: manager.client.svid.expires_at.timestamp())
-        self.registry.register(_StateCollector(manager, service))
+        self.registry.register(_StateCollector(manager, service, endpoint))
 
     def measured(self, attestor: WorkloadAttestor) -> WorkloadAttestor:
         return MeasuredAttestor(attestor, self)
@@ -152,9 +155,12 @@ class MeasuredAttestor:
 class _StateCollector(Collector):
     """Counters and gauges read from the SvidManager and the Workload API service."""
 
-    def __init__(self, manager: SvidManager, service: WorkloadApiService) -> None:
+    def __init__(
+        self, manager: SvidManager, service: WorkloadApiService, endpoint: EndpointCounters
+    ) -> None:
         self._manager = manager
         self._service = service
+        self._endpoint = endpoint
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         manager, counters = self._manager, self._manager.counters
@@ -195,6 +201,12 @@ class _StateCollector(Collector):
             "Times the entry sync stream had to be reopened.",
             counters.sync_reconnects,
         )
+        yield _gauge(
+            "herald_agent_sync_age_seconds",
+            "0 while the entry sync stream is open, else seconds since it last was: how stale "
+            "the entries this node serves may be.",
+            manager.sync_age(),
+        )
         yield _counter(
             "herald_agent_jwt_svids_minted", "JWT-SVIDs signed by the server.", counters.jwt_minted
         )
@@ -219,6 +231,27 @@ class _StateCollector(Collector):
         for (rpc, code), count in sorted(counted.items()):
             calls.add_metric([rpc, code], count)
         yield calls
+        malformed = CounterMetricFamily(
+            "herald_agent_workload_api_malformed_requests",
+            "Workload API requests that did not parse (answered INVALID_ARGUMENT), by RPC.",
+            labels=["rpc"],
+        )
+        for rpc in WORKLOAD_RPCS:
+            malformed.add_metric([rpc], state.malformed[rpc])
+        yield malformed
+        refused = CounterMetricFamily(
+            "herald_agent_workload_connections_refused",
+            "Workload API connections closed at once, by reason (uid_limit: the caller's uid "
+            "held workload_api.max_connections_per_uid already).",
+            labels=["reason"],
+        )
+        refused.add_metric(["uid_limit"], self._endpoint.refused["uid_limit"])
+        yield refused
+        yield _counter(
+            "herald_agent_workload_connections_idle_closed",
+            "Workload API connections closed after workload_api.idle_timeout with no call open.",
+            self._endpoint.idle_closed,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 OLD_CHANNEL_GRACE_SECONDS: Final = 5.0
 _RNG = random.Random()  # noqa: S311 - rotation jitter, not secrecy
 RPC_TIMEOUT_SECONDS: Final = 30.0
-MAX_RECONNECT_BACKOFF_MS: Final = 5000
+# grpc retries a lost connection with its own backoff; capped at a second (jittered by grpc),
+# a restarted server is found within a second of answering, for a connection attempt a
+# second per agent while it is away.
+MAX_RECONNECT_BACKOFF_MS: Final = 1000
 
 
 class ServerClientError(Exception):
@@ -95,13 +98,24 @@ def _options(server_name: str | None) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         # grpc's own reconnect backoff grows to 120 s by default: after a long server outage
         # the agent would stay away that long after the server is back.
-        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if server_name:
         # The server's certificate names server_dns_names; dialling by IP needs that name.
         options.append(("grpc.ssl_target_name_override", server_name))
     return options
+
+
+async def _back_after_a_loss(channel: grpc.aio.Channel) -> None:
+    """Return once ``channel`` is READY again after having been anything else."""
+    ready = grpc.ChannelConnectivity.READY
+    state = channel.get_state(try_to_connect=True)
+    lost = state != ready
+    while not (lost and state == ready):
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+        lost = lost or state != ready
 
 
 def _svid_from_proto(
@@ -261,6 +275,28 @@ class ServerClient:
         except TimeoutError:
             return False
         return True
+
+    async def reconnected(self, generation: int, within: float) -> bool:
+        """Wait up to ``within`` seconds for a channel newer than ``generation``, or for the
+        current one to connect again after losing its connection; True if either happened.
+
+        A retry loop whose call failed for want of a server sleeps here, so it resumes as soon
+        as the server answers again. A channel that stays connected throughout (the server
+        answered, with an error) ends nothing early: that retry keeps its whole backoff.
+        """
+        if self.channel_generation != generation:
+            return True
+        waits = [
+            asyncio.create_task(self._new_channel.wait()),
+            asyncio.create_task(_back_after_a_loss(self._channel)),
+        ]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return bool(done)
 
     def set_bundle(self, bundle: Bundle) -> None:
         """Adopt a new trust bundle; the channel is rebuilt only if the X.509 roots changed."""

@@ -3,7 +3,9 @@
 SvidManager runs three loops on the event loop:
 
 - sync: SyncEntries, applying full snapshots (which replace everything) and deltas by entry ID,
-  reconnecting with capped, jittered backoff when the stream breaks;
+  reconnecting with capped, jittered backoff when the stream breaks, cut short as soon as the
+  channel connects again when the server was unreachable (a restarted server is followed within
+  a second of answering, and entries whose signing failed meanwhile are retried at once);
 - mint: a fresh EC P-256 key per entry (generated with its CSR in a worker thread), CSRs sent in
   batches of at most ``max_batch`` via BatchSignX509SVID, each SVID rotated at half its life
   ±10%, each failed entry retried on its own backoff while its still-valid SVID keeps serving;
@@ -27,6 +29,7 @@ import datetime as dt
 import functools
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -203,6 +206,10 @@ class SvidManager:
         """Counts wake-ups: what readers see changes only with it (or as an SVID expires)."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The entry stream is in sync from its first message until it breaks; _synced_at is the
+        # last moment it was known to be (monotonic seconds).
+        self._in_sync = False
+        self._synced_at = time.monotonic()
 
     # Lifecycle
 
@@ -224,6 +231,11 @@ class SvidManager:
         self._tasks = []
 
     # What the Workload API reads
+
+    def sync_age(self) -> float:
+        """0 while the entry stream is in sync, else seconds since it last was (or since the
+        manager was made, before the first sync)."""
+        return 0.0 if self._in_sync else time.monotonic() - self._synced_at
 
     @property
     def ready(self) -> bool:
@@ -350,24 +362,54 @@ class SvidManager:
         backoff = Backoff(base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
         while True:
             generation = self.client.channel_generation
+            unreachable = False
             try:
                 async for message in self.client.stub().SyncEntries(agent_pb2.SyncEntriesRequest()):
                     self._apply(message)
-                    backoff.reset()
+                    self._synced(backoff)
                 log.info("entry sync stream ended; reconnecting")
             except grpc.aio.AioRpcError as exc:
                 if generation != self.client.channel_generation:
                     # The channel was replaced (renewal or new roots): move over at once.
                     log.info("entry sync moving to the new channel")
                     continue
+                unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE
                 log.warning(
                     "entry sync stream broke: code=%s detail=%s", exc.code().name, exc.details()
                 )
             except ValueError as exc:
                 log.error("entry sync sent something unusable, reconnecting: %s", exc)
+            self._lost_sync()
             self.counters.sync_reconnects += 1
-            if await self.client.channel_after(generation, backoff.next_delay()):
+            delay = backoff.next_delay()
+            if unreachable:
+                woke = await self.client.reconnected(generation, delay)
+            else:
+                woke = await self.client.channel_after(generation, delay)
+            if woke:
                 backoff.reset()
+
+    def _synced(self, backoff: Backoff) -> None:
+        """A sync message arrived: log the first one after a break, retry failed entries now."""
+        if not self._in_sync:
+            if self.counters.sync_reconnects:
+                log.info(
+                    "entry sync resumed: out of sync for %.1f s, entries=%d",
+                    self.sync_age(),
+                    self.entry_count,
+                )
+                if self._retry:
+                    # Their backoff grew while the server was away; it answers again now.
+                    self._retry.clear()
+                    self._wake.set()
+            self._in_sync = True
+        self._synced_at = time.monotonic()
+        backoff.reset()
+
+    def _lost_sync(self) -> None:
+        if self._in_sync:
+            self._in_sync = False
+            self._synced_at = time.monotonic()
 
     def _apply(self, message: agent_pb2.SyncEntriesResponse) -> None:
         """One SyncEntries message; parse everything first so a bad message changes nothing."""

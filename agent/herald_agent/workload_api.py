@@ -7,6 +7,11 @@ every configured attestor (the union of their selectors; a failure is UNAVAILABL
 that the caller is still the process that connected (else UNAUTHENTICATED). Codes and messages
 are SPIRE's (``pkg/agent/endpoints/workload/handler.go``).
 
+Requests reach the handlers as bytes and are parsed here, not by grpc: grpc's own parse failure
+logs a traceback at ERROR and answers UNKNOWN, for any local caller and as often as it likes. A
+request that does not parse is INVALID_ARGUMENT ``malformed request``, counted, and logged at most
+once a minute per caller uid with the number left out since.
+
 Streams send the caller's full state at once and again whenever a `SvidManager` wake-up changes
 what this caller gets; they never send an empty ``svids`` list: entries whose SVIDs are still
 being minted are waited for, and a caller left without any matching entry gets its stream ended
@@ -39,9 +44,9 @@ from herald_agent.svid_manager import Identity, SvidManager, SvidManagerError
 from herald_agent.workload_names import NO_IDENTITY, SECURITY_HEADER, SECURITY_HEADER_VALUE
 from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
-from herald_core.jwtsvid import JwtSvidError, validate_jwt_svid
-from herald_core.logs import log_event
-from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
+from herald_core.jwtsvid import JwtSvidError, check_audience, check_audiences, validate_jwt_svid
+from herald_core.logs import RepeatLimiter, log_event
+from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.selector import Selector
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
@@ -56,6 +61,7 @@ INVALID_SPIFFE_ID: Final = "invalid requested SPIFFE ID"
 JWT_FETCH_FAILED: Final = "could not fetch JWT-SVID"
 WIT_UNIMPLEMENTED: Final = "fetching WIT-SVIDs is not implemented"
 SERIALIZE_FAILED: Final = "could not serialize response"
+MALFORMED_REQUEST: Final = "malformed request"
 
 # Claims kept from a token of another trust domain (SPIRE, without allowed_foreign_jwt_claims).
 _FOREIGN_CLAIMS: Final = frozenset({"sub", "aud", "exp"})
@@ -70,6 +76,7 @@ _log = logging.getLogger(__name__)
 _background: set[asyncio.Task[None]] = set()
 _Context = grpc.aio.ServicerContext[Any, Any]
 _M = TypeVar("_M", bound=protobuf_message.Message)
+_R = TypeVar("_R", bound=protobuf_message.Message)
 
 
 async def _abort(context: _Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -143,14 +150,19 @@ def claims_struct(claims: dict[str, Any]) -> struct_pb2.Struct:
 
 @dataclass
 class WorkloadApiMetrics:
-    """Plain counters for metrics wiring: calls by (RPC, status code name), open streams."""
+    """Plain counters for metrics wiring: calls by (RPC, status code name), open streams,
+    requests that did not parse (by RPC)."""
 
     calls: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     streams_open: int = 0
+    malformed: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
-    """``SpiffeWorkloadAPI`` over a `SvidManager`, for callers the relay identified."""
+class WorkloadApiService:
+    """``SpiffeWorkloadAPI`` over a `SvidManager`, for callers the relay identified.
+
+    Each RPC method takes the request's bytes (see the module docstring) and the context.
+    """
 
     def __init__(
         self,
@@ -166,13 +178,35 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self._clock = clock
         self._hidden_logged: set[tuple[str, str]] = set()
         self._x509_views = X509Views(manager, self._dedupe)
+        self._malformed_log = RepeatLimiter()
         self.metrics = WorkloadApiMetrics()
 
     def register(self, server: grpc.aio.Server) -> None:
         """The endpoint's handler registrar: this service, gRPC health and server reflection."""
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self, server)
+        handlers = self._method_handlers()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
         _register_health(server)
         _register_reflection(server)
+
+    def _method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """No request deserializer: each method gets the bytes and parses them itself."""
+        stream, unary = grpc.unary_stream_rpc_method_handler, grpc.unary_unary_rpc_method_handler
+        methods: dict[str, tuple[Any, Any, type[protobuf_message.Message]]] = {
+            "FetchX509SVID": (stream, self.FetchX509SVID, workload_pb2.X509SVIDResponse),
+            "FetchX509Bundles": (stream, self.FetchX509Bundles, workload_pb2.X509BundlesResponse),
+            "FetchJWTSVID": (unary, self.FetchJWTSVID, workload_pb2.JWTSVIDResponse),
+            "FetchJWTBundles": (stream, self.FetchJWTBundles, workload_pb2.JWTBundlesResponse),
+            "ValidateJWTSVID": (unary, self.ValidateJWTSVID, workload_pb2.ValidateJWTSVIDResponse),
+            "FetchWITSVID": (stream, self.FetchWITSVID, workload_pb2.WITSVIDResponse),
+            "FetchWITBundles": (stream, self.FetchWITBundles, workload_pb2.WITBundlesResponse),
+        }
+        return {
+            name: handler(method, response_serializer=response.SerializeToString)
+            for name, (handler, method, response) in methods.items()
+        }
 
     def _dedupe(self, identities: Sequence[Identity]) -> list[Identity]:
         return dedupe_hints(identities, self._log_hidden)
@@ -196,10 +230,12 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     @contextlib.contextmanager
     def _track(self, rpc: str, context: _Context, *, stream: bool = False) -> Iterator[None]:
-        """Count the call by RPC and final status code (and the stream while it is open)."""
+        """Count the call by RPC and final status code (and the stream while it is open); the
+        relay counts it open on its connection, which is not idle meanwhile."""
         metrics = self.metrics
         if stream:
             metrics.streams_open += 1
+        self._callers.call_started(context)
         code = grpc.StatusCode.OK
         try:
             yield
@@ -210,19 +246,56 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         finally:
+            self._callers.call_ended(context)
             if stream:
                 metrics.streams_open -= 1
             metrics.calls[(rpc, code.name)] += 1
 
     async def _stream(
-        self, rpc: str, context: _Context, messages: AsyncGenerator[_M, None]
+        self,
+        rpc: str,
+        raw: bytes,
+        context: _Context,
+        request_type: type[_R],
+        handler: Callable[[_R, _Context], AsyncGenerator[_M, None]],
     ) -> AsyncIterator[_M]:
-        """Relay a stream handler's messages, counted; closing this closes the handler at once
-        (its subscription with it) instead of whenever the garbage collector gets to it."""
+        """Parse the request and relay the handler's messages, counted; closing this closes the
+        handler at once (its subscription with it) instead of whenever the garbage collector
+        gets to it."""
         with self._track(rpc, context, stream=True):
-            async with contextlib.aclosing(messages):
+            request = await self._parse(rpc, raw, context, request_type)
+            async with contextlib.aclosing(handler(request, context)) as messages:
                 async for message in messages:
                     yield message
+
+    async def _parse(self, rpc: str, raw: bytes, context: _Context, request_type: type[_R]) -> _R:
+        try:
+            return request_type.FromString(raw)
+        except protobuf_message.DecodeError:
+            self.metrics.malformed[rpc] += 1
+            self._log_malformed(rpc, context)
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{MALFORMED_REQUEST}: not a valid {request_type.DESCRIPTOR.name}",
+            )
+
+    def _log_malformed(self, rpc: str, context: _Context) -> None:
+        """One line a minute per caller uid, saying how many were left out since the last."""
+        caller = self._callers.caller_of(context)
+        uid = None if caller is None else caller.credentials.uid
+        left_out = self._malformed_log.allow(uid)
+        if left_out is None:
+            return
+        log_event(
+            _log,
+            "warning",
+            "malformed Workload API request",
+            rpc=rpc,
+            uid=uid,
+            pid=None if caller is None else caller.credentials.pid,
+            left_out=left_out,
+        )
 
     # Per-call checks
 
@@ -266,54 +339,60 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     # RPCs: each counted by its final code; streams also counted while open
 
     async def FetchX509SVID(
-        self, request: workload_pb2.X509SVIDRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
         async for message in self._stream(
-            "FetchX509SVID", context, self._fetch_x509_svid(request, context)
+            "FetchX509SVID", raw, context, workload_pb2.X509SVIDRequest, self._fetch_x509_svid
         ):
             yield message
 
     async def FetchX509Bundles(
-        self, request: workload_pb2.X509BundlesRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
         async for message in self._stream(
-            "FetchX509Bundles", context, self._fetch_x509_bundles(request, context)
+            "FetchX509Bundles",
+            raw,
+            context,
+            workload_pb2.X509BundlesRequest,
+            self._fetch_x509_bundles,
         ):
             yield message
 
-    async def FetchJWTSVID(
-        self, request: workload_pb2.JWTSVIDRequest, context: _Context
-    ) -> workload_pb2.JWTSVIDResponse:
+    async def FetchJWTSVID(self, raw: bytes, context: _Context) -> workload_pb2.JWTSVIDResponse:
         with self._track("FetchJWTSVID", context):
+            request = await self._parse("FetchJWTSVID", raw, context, workload_pb2.JWTSVIDRequest)
             return await self._fetch_jwt_svid(request, context)
 
     async def FetchJWTBundles(
-        self, request: workload_pb2.JWTBundlesRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
         async for message in self._stream(
-            "FetchJWTBundles", context, self._fetch_jwt_bundles(request, context)
+            "FetchJWTBundles", raw, context, workload_pb2.JWTBundlesRequest, self._fetch_jwt_bundles
         ):
             yield message
 
     async def ValidateJWTSVID(
-        self, request: workload_pb2.ValidateJWTSVIDRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> workload_pb2.ValidateJWTSVIDResponse:
         with self._track("ValidateJWTSVID", context):
+            request = await self._parse(
+                "ValidateJWTSVID", raw, context, workload_pb2.ValidateJWTSVIDRequest
+            )
             return await self._validate_jwt_svid(request, context)
 
     async def FetchWITSVID(
-        self, request: workload_pb2.WITSVIDRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> AsyncIterator[workload_pb2.WITSVIDResponse]:
         async for message in self._stream(
-            "FetchWITSVID", context, self._fetch_wit_svid(request, context)
+            "FetchWITSVID", raw, context, workload_pb2.WITSVIDRequest, self._fetch_wit_svid
         ):
             yield message
 
     async def FetchWITBundles(
-        self, request: workload_pb2.WITBundlesRequest, context: _Context
+        self, raw: bytes, context: _Context
     ) -> AsyncIterator[workload_pb2.WITBundlesResponse]:
         async for message in self._stream(
-            "FetchWITBundles", context, self._fetch_wit_bundles(request, context)
+            "FetchWITBundles", raw, context, workload_pb2.WITBundlesRequest, self._fetch_wit_bundles
         ):
             yield message
 
@@ -361,6 +440,10 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         audiences = list(dict.fromkeys(a for a in request.audience if a.strip()))
         if not audiences:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
+        try:
+            check_audiences(audiences)
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         wanted: SpiffeId | None = None
         if request.spiffe_id:
             try:
@@ -415,6 +498,10 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, AUDIENCE_REQUIRED)
         if not request.svid:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, SVID_REQUIRED)
+        try:
+            check_audience(request.audience)
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # The caller is attested only to choose the bundles: no identity is no refusal here.
         selectors = await self._attest(context)
         bundles = self._bundles_for(self._manager.identities_for(selectors))

@@ -128,17 +128,20 @@ class Section:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"expected a whole number, got {describe(value)}")
         if not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
+            raise self.error(name, f"must be between {minimum} and {maximum}, got {_digits(value)}")
         return value
 
-    def number(self, name: str, default: float, minimum: float) -> float:
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
         value = self._take(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {describe(value)}")
-        if value < minimum:
-            raise self.error(name, f"must be at least {minimum}, got {value}")
+        # Compared before float(): a 400-digit int would overflow it. NaN fails both tests.
+        if not minimum <= value <= maximum:
+            raise self.error(
+                name, f"must be between {minimum:g} and {maximum:g}, got {_digits(value)}"
+            )
         return float(value)
 
     def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -179,6 +182,12 @@ class Section:
         return Section(value, self.where(name), self._base_dir, schema)
 
 
+def _digits(value: float) -> str:
+    """A number as an error quotes it: a 400-digit one is cut, so the message stays one line."""
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}… ({len(text)} digits)"
+
+
 def describe(value: object) -> str:
     """A short, type-revealing rendering of a value for an error message."""
     if isinstance(value, bool):
@@ -188,7 +197,7 @@ def describe(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        return f"a number ({_digits(value)})"
     return repr(value)
 
 
@@ -221,6 +230,36 @@ def check_socket_path(where: str, path: Path) -> None:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the
+    last, so a second ``ttl:`` further down would silently win over the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges are YAML's own way to override, and stay allowed
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r}: set on line {first.start_mark.line + 1} and again "
+                    f"on line {key_node.start_mark.line + 1}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that a key written twice in a mapping is a YAML error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_file(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file (empty for an empty file)."""
     try:
@@ -230,7 +269,7 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -7,7 +7,11 @@ import re
 from typing import Final
 
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only: ``\d`` would also take other scripts' digits, which no operator means.
+_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+# Longer than any TTL, timeout or interval herald takes; each field then applies its own
+# bound. Without one, a 20-digit value overflows timedelta.
+LONGEST: Final = dt.timedelta(days=3650)
 
 
 class DurationError(ValueError):
@@ -19,8 +23,17 @@ def parse_duration(text: str) -> dt.timedelta:
     raw = text.strip()
     if not raw:
         raise DurationError("duration is empty; write e.g. '30s', '5m', '1h30m' or '3600'")
-    if raw.isdigit():
-        return dt.timedelta(seconds=int(raw))
+    total = float(raw) if raw.isascii() and raw.isdigit() else _sum_of_parts(text, raw)
+    # float() of a long digit string is inf, never an error: the comparison catches it too.
+    if not total <= LONGEST.total_seconds():
+        raise DurationError(
+            f"duration {_shown(text)} is longer than {format_duration(LONGEST.total_seconds())}, "
+            "the longest herald takes"
+        )
+    return dt.timedelta(seconds=total)
+
+
+def _sum_of_parts(text: str, raw: str) -> float:
     pos = 0
     total = 0.0
     for match in _PART.finditer(raw):
@@ -30,9 +43,15 @@ def parse_duration(text: str) -> dt.timedelta:
         pos = match.end()
     if pos != len(raw) or pos == 0:
         raise DurationError(
-            f"cannot read duration {text!r}; write e.g. '30s', '5m', '1h30m', '500ms' or '3600'"
+            f"cannot read duration {_shown(text)}; write e.g. '30s', '5m', '1h30m', '500ms' "
+            "or '3600'"
         )
-    return dt.timedelta(seconds=total)
+    return total
+
+
+def _shown(text: str) -> str:
+    """The text as an error quotes it: at most 40 characters, so a huge value stays one line."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + f" ({len(text)} characters)"
 
 
 def parse_ttl(text: str, *, field: str) -> int:

@@ -53,7 +53,8 @@ class HealthServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._requested_port).start()
+            # No SO_REUSEPORT: a second process must not take a share of this port.
+            await web.TCPSite(runner, self._host, self._requested_port, reuse_port=False).start()
         except OSError as exc:
             await runner.cleanup()
             raise HealthServerError(

@@ -35,6 +35,10 @@ SPIFFE_CLAIMS: Final = frozenset({"sub", "aud", "exp", "iat"})
 _EC_CURVE_FOR_ALG: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _CURVE_NAMES: Final = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _SHOW_LIMIT: Final = 80
+# Bounds on what a caller may ask to be put in ``aud``. Unbounded, one 3.9 MB audience was signed
+# and then could not be delivered; real audiences are a few service names or URLs.
+MAX_AUDIENCES: Final = 32
+MAX_AUDIENCE_BYTES: Final = 1024
 _JWS: Final = jwt.PyJWS()
 
 BundleSource = Mapping[TrustDomain, Bundle] | Callable[[TrustDomain], Bundle | None]
@@ -344,12 +348,33 @@ def _expected_audiences(audience: str | Collection[str]) -> tuple[str, ...]:
     return values
 
 
+def check_audience(audience: str) -> None:
+    """Refuse an audience longer than MAX_AUDIENCE_BYTES, with its length in the message."""
+    size = len(audience.encode())
+    if size > MAX_AUDIENCE_BYTES:
+        raise JwtSvidError(
+            f"audience {_show(audience)} is {size} bytes long; at most {MAX_AUDIENCE_BYTES} "
+            "are allowed"
+        )
+
+
+def check_audiences(audiences: Collection[str]) -> None:
+    """Refuse more than MAX_AUDIENCES audiences, or one that is too long."""
+    if len(audiences) > MAX_AUDIENCES:
+        raise JwtSvidError(
+            f"{len(audiences)} audiences requested; at most {MAX_AUDIENCES} are allowed"
+        )
+    for audience in audiences:
+        check_audience(audience)
+
+
 def _mint_audiences(audiences: Sequence[str]) -> list[str]:
     if isinstance(audiences, str):
         raise JwtSvidError("audiences must be a sequence of strings, not a single string")
     kept = list(dict.fromkeys(aud for aud in audiences if aud))
     if not kept:
         raise JwtSvidError("no audience given; a JWT-SVID needs at least one non-empty audience")
+    check_audiences(kept)
     return kept
 
 

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, Literal, TextIO
 
 LogFormat = Literal["text", "json"]
@@ -223,3 +223,36 @@ def log_event(logger: logging.Logger, level: int | str, msg: str, /, **fields: A
     numeric = parse_level(level) if isinstance(level, str) else level
     # stacklevel=2: the record names the caller's line, not this helper's.
     logger.log(numeric, msg, extra={"fields": fields}, stacklevel=2)
+
+
+class RepeatLimiter:
+    """At most one log line per key (a caller, say) every ``interval`` seconds.
+
+    `allow` answers None while a key's lines are being left out, else how many were left out
+    since its last line, for that line to say so: a caller repeating a failure in a loop costs
+    one line a minute, not one per attempt. At most ``max_keys`` keys are remembered; past that
+    the memory starts over, which can only let a line through early.
+    """
+
+    def __init__(
+        self,
+        interval: float = 60.0,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._clock = clock
+        self._keys: dict[Hashable, tuple[float, int]] = {}
+
+    def allow(self, key: Hashable) -> int | None:
+        now = self._clock()
+        held = self._keys.get(key)
+        if held is not None and now - held[0] < self._interval:
+            self._keys[key] = (held[0], held[1] + 1)
+            return None
+        if held is None and len(self._keys) >= self._max_keys:
+            self._keys.clear()
+        self._keys[key] = (now, 0)
+        return 0 if held is None else held[1]

@@ -1,9 +1,9 @@
 """Selectors: the ``type:value`` facts an attestor proves about a workload or node.
 
 An entry matches a workload when every selector of the entry is among the workload's
-selectors. herald's attestors produce the ``unix`` and ``k8s`` types; their keys are checked
-here so that a typo in an entry (``k8s:namespace:x``) is refused instead of silently never
-matching.
+selectors. herald's attestors produce the ``unix`` and ``k8s`` types; their keys, and the
+values of keys with a fixed form (ids, counts, digests, paths), are checked here so that a typo
+in an entry (``k8s:namespace:x``, ``unix:uid:-1``) is refused instead of silently never matching.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
 # Keys whose value is itself ``<a>:<b>`` (label key and value; owner kind and name).
 _PAIR_KEYS: Final = {("k8s", "pod-label"), ("k8s", "pod-owner")}
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
+# The kernel's ids are 32-bit; (uid_t)-1 = 4294967295 means "no id" and is never a process's.
+_MAX_ID: Final = 4294967294
+# Decimal as the attestors write it: no sign, no leading zeros, so that it can match.
+_DECIMAL: Final = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+_SHA256: Final = re.compile(r"[0-9a-f]{64}\Z")
+_ID_KEYS: Final = {("unix", "uid"), ("unix", "gid"), ("unix", "supplementary_gid")}
+_COUNT_KEYS: Final = {("k8s", "pod-image-count"), ("k8s", "pod-init-image-count")}
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -105,6 +112,29 @@ def _check(kind: str, value: str) -> None:
         first, sep2, _ = rest.partition(":")
         if not first or not sep2:
             raise SelectorError(f"selector {text!r} must be '{kind}:{key}:<a>:<b>'")
+    elif kind == "unix" or (kind, key) in _COUNT_KEYS:
+        _check_value(text, kind, key, rest)
+
+
+def _check_value(text: str, kind: str, key: str, rest: str) -> None:
+    """The keys whose values the attestors write in one fixed form."""
+    if (kind, key) in _ID_KEYS:
+        if not _DECIMAL.match(rest) or len(rest) > 10 or int(rest) > _MAX_ID:
+            raise SelectorError(
+                f"selector {text!r}: a {key} is a whole number from 0 to {_MAX_ID}, written "
+                "without sign or leading zeros"
+            )
+    elif (kind, key) in _COUNT_KEYS:
+        if not _DECIMAL.match(rest) or len(rest) > 10:
+            raise SelectorError(
+                f"selector {text!r}: a count is a whole number, written without sign or "
+                "leading zeros"
+            )
+    elif key == "sha256":
+        if not _SHA256.match(rest):
+            raise SelectorError(f"selector {text!r}: a sha256 is 64 lowercase hexadecimal digits")
+    elif key == "path" and not rest.startswith("/"):
+        raise SelectorError(f"selector {text!r}: a path is absolute (starts with '/')")
 
 
 def parse_selectors(texts: Iterable[str]) -> frozenset[Selector]:

@@ -2,8 +2,10 @@
 
 One type for each, used everywhere in herald: nothing else splits or joins ID strings.
 Parsing is strict (no query, fragment, port, userinfo, percent-encoding, empty or dot
-segments); the scheme and trust domain are case-insensitive on input and always emitted in
-lowercase, the path is case-sensitive.
+segments) and, as go-spiffe's (and so SPIRE's), accepts only the form IDs are emitted in: the
+scheme and trust domain in lowercase. An upper-case trust domain is refused with the lowercase
+spelling to use, never lower-cased silently: what an operator wrote is what herald stores and
+compares. The path is case-sensitive.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MAX_TRUST_DOMAIN_LENGTH: Final = 255
 
 _TD_CHARS: Final = frozenset(string.ascii_lowercase + string.digits + ".-_")
 _PATH_CHARS: Final = frozenset(string.ascii_letters + string.digits + ".-_")
+_UPPER: Final = frozenset(string.ascii_uppercase)
 
 
 class SpiffeIdError(ValueError):
@@ -33,8 +36,13 @@ def _check_trust_domain_name(name: str) -> None:
             f"trust domain is {len(name.encode())} bytes long; at most "
             f"{MAX_TRUST_DOMAIN_LENGTH} are allowed"
         )
+    upper: int | None = None
     for pos, ch in enumerate(name):
         if ch in _TD_CHARS:
+            continue
+        if ch in _UPPER:
+            # Reported after the loop: another bad character makes the lowercase spelling no help.
+            upper = pos if upper is None else upper
             continue
         if ch == ":":
             raise SpiffeIdError(f"trust domain cannot have a port (':' at position {pos})")
@@ -45,6 +53,11 @@ def _check_trust_domain_name(name: str) -> None:
         raise SpiffeIdError(
             f"trust domain characters are limited to lowercase letters, digits, '.', '-' and "
             f"'_'; found {ch!r} at position {pos}"
+        )
+    if upper is not None:
+        raise SpiffeIdError(
+            f"trust domain must be lowercase; found {name[upper]!r} at position {upper} "
+            f"(write {name.lower()!r})"
         )
 
 
@@ -81,13 +94,13 @@ class TrustDomain:
 
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
-        """Accept ``example.org`` or ``spiffe://example.org`` (either case), like py-spiffe."""
+        """Accept ``example.org`` or ``spiffe://example.org``, like py-spiffe (lowercase only)."""
         if "://" in text or text.lower().startswith(f"{SCHEME}:"):
             spiffe_id = SpiffeId.parse(text)
             if spiffe_id.path:
                 raise SpiffeIdError(f"a trust domain cannot have a path: {text!r}")
             return spiffe_id.trust_domain
-        return cls(text.lower())
+        return cls(text)
 
     @property
     def id(self) -> SpiffeId:
@@ -123,7 +136,9 @@ class SpiffeId:
             raise SpiffeIdError(
                 f"SPIFFE ID is {len(text.encode())} bytes long; at most {MAX_ID_LENGTH} are allowed"
             )
-        if text[: len(_PREFIX)].lower() != _PREFIX:
+        if text[: len(_PREFIX)] != _PREFIX:
+            if text[: len(_PREFIX)].lower() == _PREFIX:
+                raise SpiffeIdError(f"scheme must be lowercase 'spiffe://': {text[:16]!r}")
             raise SpiffeIdError(f"scheme must be 'spiffe://': {text[:16]!r}")
         rest = text[len(_PREFIX) :]
         if "#" in rest:
@@ -131,7 +146,7 @@ class SpiffeId:
         if "?" in rest:
             raise SpiffeIdError("a query ('?') is not allowed")
         authority, slash, path = rest.partition("/")
-        return cls(TrustDomain(authority.lower()), slash + path)
+        return cls(TrustDomain(authority), slash + path)
 
     @classmethod
     def from_segments(cls, trust_domain: TrustDomain, *segments: str) -> SpiffeId:

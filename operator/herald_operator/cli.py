@@ -18,12 +18,14 @@ import click
 import yaml
 
 from herald_core import __version__
+from herald_core.configfile import load_yaml
 from herald_core.health import HealthServer, HealthServerError
 from herald_core.logs import LogConfigError, parse_level, setup_logging
 from herald_core.spiffeid import SpiffeIdError, TrustDomain
 
 DEFAULT_IGNORED: Final = ("kube-system", "kube-public")
 NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+MAX_RESYNC_SECONDS: Final = 366 * 86400.0
 
 
 @click.group(
@@ -39,7 +41,7 @@ def _load_config(ctx: click.Context, _: click.Parameter, value: str | None) -> s
     if value is None:
         return None
     try:
-        data = yaml.safe_load(Path(value).read_text()) or {}
+        data = load_yaml(Path(value).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise click.BadParameter(f"cannot read {value}: {exc}") from exc
     if not isinstance(data, dict):
@@ -68,6 +70,16 @@ def _own_namespace() -> str:
         return NAMESPACE_FILE.read_text().strip()
     except OSError:
         return ""
+
+
+def _resync_seconds(value: float) -> float:
+    # Compared this way round so that nan is refused too; inf would never resync.
+    if not 0 <= value <= MAX_RESYNC_SECONDS:
+        raise click.BadParameter(
+            f"must be between 0 and {MAX_RESYNC_SECONDS:g} (366 days), got {value}",
+            param_hint="--resync-seconds",
+        )
+    return value
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -106,7 +118,13 @@ def _host_port(text: str) -> tuple[str, int]:
     default=False,
     help="With --class-name, also act on identities without a className.",
 )
-@click.option("--resync-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True)
+@click.option(
+    "--resync-seconds",
+    type=float,
+    default=300.0,
+    show_default=True,
+    callback=lambda _ctx, _param, value: _resync_seconds(value),
+)
 @click.option("--health-address", default="0.0.0.0:8080", show_default=True)
 @click.option(
     "--peering-name",

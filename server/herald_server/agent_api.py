@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from herald_core.clock import SYSTEM_CLOCK, Clock
 from herald_core.csr import CsrError, CsrInfo, check_csr
 from herald_core.entry import Entry, is_reserved_id
+from herald_core.jwtsvid import JwtSvidError, check_audiences
 from herald_core.keys import private_key_to_der
 from herald_core.proto.herald.agent.v1 import agent_pb2, agent_pb2_grpc
 from herald_core.proto.herald.types.v1 import types_pb2
@@ -465,6 +466,10 @@ class AgentService(agent_pb2_grpc.AgentAPIServicer):
         audiences = list(request.audience)
         if not audiences or any(not a for a in audiences):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        try:
+            check_audiences(audiences)
+        except JwtSvidError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.ttl_seconds < 0:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds is negative")
         entry = self._authorized_entry(caller, request.entry_id)

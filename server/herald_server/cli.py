@@ -291,6 +291,7 @@ def run(
     """Run the server until SIGTERM or Ctrl-C."""
     # Imported here so that the client commands start without loading the server.
     from herald_core.health import HealthServerError
+    from herald_core.listeners import ListenError
     from herald_server.admin_api import AdminSocketError
     from herald_server.config import ConfigError, load_config
     from herald_server.server import run as run_server
@@ -308,7 +309,7 @@ def run(
     setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(run_server(config))
-    except (ConfigError, AdminSocketError, HealthServerError) as exc:
+    except (ConfigError, AdminSocketError, HealthServerError, ListenError) as exc:
         # Startup failures the operator can fix; anything else is a bug and keeps its traceback.
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -215,7 +215,7 @@ def _read_limits(section: Section) -> LimitsConfig:
             "max_message_bytes", defaults.max_message_bytes, 64 * 1024, MAX_MESSAGE_BYTES
         ),
         sign_rate_per_agent=section.number(
-            "sign_rate_per_agent", defaults.sign_rate_per_agent, 0.001
+            "sign_rate_per_agent", defaults.sign_rate_per_agent, 0.001, 10_000_000
         ),
         sign_burst_per_agent=section.integer(
             "sign_burst_per_agent", defaults.sign_burst_per_agent, 1, 10_000_000

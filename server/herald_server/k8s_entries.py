@@ -30,8 +30,8 @@ from typing import Any, Final
 import kubernetes.watch
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi
 
-from herald_core.durations import DurationError, parse_duration
-from herald_core.entry import RESERVED_PATH, Entry, EntryError, is_reserved_id
+from herald_core.durations import DurationError, format_duration, parse_duration
+from herald_core.entry import MAX_TTL_SECONDS, RESERVED_PATH, Entry, EntryError, is_reserved_id
 from herald_core.selector import SelectorError, parse_selectors
 from herald_core.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from herald_server.agents import agent_id
@@ -140,11 +140,17 @@ def _spiffe_id(spec: Obj, name: str, trust_domain: TrustDomain) -> SpiffeId:
 
 def _ttl(spec: Obj, name: str) -> int:
     value: int | str = _field(spec, name, (int, str), 0)
-    seconds = float(value) if isinstance(value, int) else _duration_seconds(name, value)
+    # An int is compared as it is: float() of a 400-digit one would overflow.
+    seconds = value if isinstance(value, int) else _duration_seconds(name, value)
     if seconds != int(seconds):
         raise InvalidObjectError(f"spec.{name}: must be whole seconds, got {value!r}")
     if seconds < 0:
         raise InvalidObjectError(f"spec.{name}: cannot be negative")
+    if seconds > MAX_TTL_SECONDS:
+        raise InvalidObjectError(
+            f"spec.{name}: at most {MAX_TTL_SECONDS} seconds "
+            f"({format_duration(MAX_TTL_SECONDS)}), got {value!r}"
+        )
     return int(seconds)
 
 

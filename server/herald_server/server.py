@@ -26,6 +26,7 @@ from herald_core.bundle import Bundle
 from herald_core.clock import SYSTEM_CLOCK, Clock
 from herald_core.health import HealthServer
 from herald_core.keys import private_key_to_pem
+from herald_core.listeners import GRPC_SERVER_OPTIONS, add_port
 from herald_core.proto.herald.agent.v1 import agent_pb2_grpc
 from herald_core.x509svid import certs_to_pem
 from herald_server.admin_api import AdminService, serve_admin
@@ -252,6 +253,7 @@ class HeraldServer:
             sign_burst_per_agent=limits.sign_burst_per_agent,
         )
         options = [
+            *GRPC_SERVER_OPTIONS,
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", 4 * limits.max_message_bytes),
         ]
@@ -267,8 +269,10 @@ class HeraldServer:
             ),
             attestation,
         )
-        self.attestation_port = attestation.add_secure_port(
-            str(self.config.attestation_address),
+        self.attestation_port = add_port(
+            attestation,
+            self.config.attestation_address,
+            "attestation_address",
             _TlsMaterial(self.ca, client_roots=False).credentials(),
         )
         auth = AgentAuthenticator(
@@ -295,8 +299,11 @@ class HeraldServer:
             ),
             agents,
         )
-        self.agent_port = agents.add_secure_port(
-            str(self.config.agent_address), _TlsMaterial(self.ca, client_roots=True).credentials()
+        self.agent_port = add_port(
+            agents,
+            self.config.agent_address,
+            "agent_address",
+            _TlsMaterial(self.ca, client_roots=True).credentials(),
         )
         for server in (attestation, agents):
             await server.start()

@@ -356,6 +356,13 @@ async def test_list_filters_combine(admin: Admin) -> None:
             "-parentID: trust domain characters are limited to lowercase letters, digits, '.', "
             "'-' and '_'; found ' ' at position 3",
         ),
+        (
+            ["-spiffeID", "spiffe://EXAMPLE.org/web"],
+            "-spiffeID: trust domain must be lowercase; found 'E' at position 0 "
+            "(write 'example.org')",
+        ),
+        (["-parentID", "SPIFFE://example.org/x"], "-parentID: scheme must be lowercase"),
+        (["-federatesWith", "Partner.org"], "-federatesWith: trust domain must be lowercase"),
         (["-selector", "unix"], "-selector: selector 'unix' must have the form 'type:value'"),
         (
             ["-selector", "k8s:namespace:x"],
@@ -368,6 +375,14 @@ async def test_list_filters_combine(admin: Admin) -> None:
         (["-x509SVIDTTL", "0s"], "-x509SVIDTTL: must be positive, got '0s'"),
         (["-jwtSVIDTTL", "-5s"], "-jwtSVIDTTL: must be positive, got '-5s'"),
         (["-jwtSVIDTTL", "-30"], "-jwtSVIDTTL: must be positive, got '-30'"),
+        (
+            ["-x509SVIDTTL", "99999999999999999999"],
+            "-x509SVIDTTL: duration '99999999999999999999' is longer than 3650d",
+        ),
+        (
+            ["-jwtSVIDTTL", "99999999999999999999s"],
+            "-jwtSVIDTTL: duration '99999999999999999999s' is longer than 3650d",
+        ),
         (
             ["-jwtSVIDTTL", "soon"],
             "-jwtSVIDTTL: cannot read duration 'soon'; write e.g. '30s', '5m', '1h30m', '500ms' "
@@ -534,6 +549,7 @@ async def test_token_with_alias_as_json(admin: Admin) -> None:
             "-ttl: must be positive, got '0'; leave the flag out for the server's default",
         ),
         (["-ttl", "-1m"], "-ttl: must be positive, got '-1m'"),
+        (["-ttl", "99999999999999999999"], "-ttl: duration '99999999999999999999' is longer"),
         (["-spiffeID", "example.org/x"], "-spiffeID: scheme must be 'spiffe://'"),
         (
             ["-spiffeID", "spiffe://other.org/host"],

@@ -303,6 +303,8 @@ async def test_jwt_svids(server: HeraldServer) -> None:
         agent_pb2.SignJWTSVIDRequest(entry_id=entry.id),
         agent_pb2.SignJWTSVIDRequest(entry_id=entry.id, audience=[""]),
         agent_pb2.SignJWTSVIDRequest(entry_id=entry.id, audience=["a"], ttl_seconds=-1),
+        agent_pb2.SignJWTSVIDRequest(entry_id=entry.id, audience=["x" * 1025]),
+        agent_pb2.SignJWTSVIDRequest(entry_id=entry.id, audience=[str(i) for i in range(33)]),
     ]:
         assert (await rpc_error(stub.SignJWTSVID(request))).code() == (
             grpc.StatusCode.INVALID_ARGUMENT

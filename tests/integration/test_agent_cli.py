@@ -277,6 +277,7 @@ async def test_without_an_agent_each_failure_is_one_line(socket_dir: Path) -> No
         (["api", "fetch", "jwt", "-audience", ","], "'-audience'"),
         (["api", "fetch", "jwt", "-audience", "a", "-spiffeID", "web"], "'-spiffeID'"),
         (["api", "watch", "-timeout", "soon"], "'-timeout'"),
+        (["api", "fetch", "x509", "-timeout", "99999999999999999999"], "is longer than 3650d"),
         (["api", "fetch", "x509", "-write", "/nonexistent"], "'-write'"),
     ],
 )

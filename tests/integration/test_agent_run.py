@@ -8,34 +8,36 @@ API emulator, reads its rotated token and attests again).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
+import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from herald_agent.agent import HeraldAgent
 from herald_agent.config import ConfigError
 from herald_agent.config import config_from_mapping as agent_config
 from herald_agent.server_client import attest_join_token
 from herald_agent.svid_store import STATE_FILE
-from herald_core.proto.spiffe.workload import workload_pb2, workload_pb2_grpc
-from herald_core.spiffeid import SpiffeId
+from herald_core.proto.spiffe.workload import workload_pb2
 from herald_core.x509svid import parse_der_chain
 from herald_server.config import config_from_mapping as server_config
 from herald_server.server import HeraldServer
+from tests.agent_process import (
+    HERALD_AGENT,
+    AgentProcess,
+    joined_agent,
+    metric,
+    wait_for,
+    write_config,
+)
 from tests.k8s.api import Kube
 from tests.k8s.api import wait_for as wait_until
 from tests.k8s.install import HeraldRelease
@@ -43,11 +45,9 @@ from tests.server_harness import (
     SERVER_NAME,
     add_agent_pod,
     add_node,
-    agent_doc,
     agent_token,
     create_entry,
     fixed_ports,
-    free_port,
     join_token,
     k8s_agent_doc,
     kube_config,
@@ -57,109 +57,14 @@ from tests.server_harness import (
 
 pytestmark = pytest.mark.timeout(120)
 
-HERALD_AGENT = str(Path(sys.executable).with_name("herald-agent"))
 HEADER = (("workload.spiffe.io", "true"),)
 MY_UID = f"unix:uid:{os.getuid()}"
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class AgentProcess:
-    """One ``herald-agent run`` subprocess and what a test asks of it."""
-
-    config_path: Path
-    socket_path: Path
-    data_dir: Path
-    health_port: int
-    process: subprocess.Popen[bytes] | None = None
-    session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [HERALD_AGENT, "run", "-config", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    async def get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.health_port}{path}"
-        try:
-            async with self.session.get(url) as response:
-                return response.status, await response.text()
-        except aiohttp.ClientConnectionError:
-            return 0, ""
-
-    async def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-            pytest.fail(f"herald-agent exited {self.process.returncode}: {stderr}")
-        status, _ = await self.get("/ready")
-        return status == 200
-
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, text = await self.get("/metrics")
-        assert status == 200
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    async def holds_svids(self, count: int) -> None:
-        async def held() -> bool:
-            return metric(await self.metrics(), "herald_agent_svids") == count
-
-        await wait_for(held)
-
-    async def stop(self) -> tuple[int, str]:
-        """SIGTERM; the exit code and stderr."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(self.process.wait, 15)
-        stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-        self.process = None
-        return code, stderr
-
-    def agent_id(self) -> SpiffeId:
-        stored = json.loads((self.data_dir / STATE_FILE).read_text())
-        return SpiffeId.parse(stored["spiffe_id"])
-
-    def workload_stub(self) -> tuple[grpc.aio.Channel, Any]:
-        channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
-        return channel, workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-
-    async def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        await self.session.close()
-
-
-def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), -1.0)
 
 
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="herald-run-test-") as name:
         yield Path(name)
-
-
-def write_config(tmp: Path, server: HeraldServer, socket_dir: Path, **extra: Any) -> AgentProcess:
-    health_port = free_port()
-    doc = agent_doc(tmp, server, socket_dir / "agent.sock")
-    doc.update(health_address=f"127.0.0.1:{health_port}", log_level="debug", **extra)
-    path = tmp / "agent.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return AgentProcess(path, socket_dir / "agent.sock", tmp / "agent-data", health_port)
 
 
 @pytest.fixture
@@ -181,12 +86,7 @@ async def fetch_x509(agent: AgentProcess) -> workload_pb2.X509SVIDResponse:
 async def test_run_serves_counts_stops_and_restarts_from_data_dir(
     tmp_path: Path, server: HeraldServer, socket_dir: Path
 ) -> None:
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     try:
         agent.start()
         await wait_for(agent.ready)
@@ -341,12 +241,7 @@ async def test_join_token_agent_whose_svid_expired_is_not_ready_but_keeps_servin
     tmp_path: Path, socket_dir: Path
 ) -> None:
     server = await start_server(tmp_path / "server", ca={"agent_svid_ttl": "2s"}, **fixed_ports())
-    agent = write_config(
-        tmp_path,
-        server,
-        socket_dir,
-        node_attestor={"join_token": {"token": await join_token(server)}},
-    )
+    agent = await joined_agent(tmp_path, server, socket_dir)
     try:
         agent.start()
         await wait_for(agent.ready)
@@ -444,3 +339,109 @@ async def test_k8s_psat_agent_reads_a_fresh_token_and_attests_again(
     finally:
         await agent.stop()
         await server.stop()
+
+
+def stale_socket(directory: Path, mode: int = 0o700) -> Path:
+    """``directory`` (made with ``mode``) holding a socket file nobody listens on any more."""
+    directory.mkdir(mode=mode)
+    directory.chmod(mode)
+    path = directory / "workload.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory of another owner needs root")
+async def test_a_restart_after_kill_9_removes_only_stale_private_directories_of_its_own(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    agent = await joined_agent(tmp_path, server, socket_dir)
+    agent.env = {"TMPDIR": str(tmp)}
+    # Not stale, or not an agent's: each must survive the restart.
+    stale_socket(tmp / "herald-agent-other-owner")
+    os.chown(tmp / "herald-agent-other-owner", 12345, 12345)
+    stale_socket(tmp / "herald-agent-wrong-mode", mode=0o755)
+    (tmp / "herald-agent-starting").mkdir(mode=0o700)
+    (tmp / "herald-agent-a-file").write_text("not a directory")
+    stale_socket(tmp / "elsewhere")
+    (tmp / "herald-agent-link").symlink_to(tmp / "elsewhere")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    (tmp / "herald-agent-live").mkdir(mode=0o700)
+    live.bind(str(tmp / "herald-agent-live" / "workload.sock"))
+    live.listen()
+    # Stale: a socketless directory older than a minute.
+    old = tmp / "herald-agent-old-and-empty"
+    old.mkdir(mode=0o700)
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    kept = sorted(p.name for p in tmp.iterdir() if p != old)
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        (first,) = set(tmp.iterdir()) - {tmp / name for name in kept} - {old}
+        assert not old.exists(), "removed at the first start"
+        assert agent.process is not None
+        agent.process.kill()
+        agent.process.wait()
+        agent.process = None
+        assert first.exists(), "SIGKILL leaves the private directory behind"
+
+        agent.start()
+        await wait_for(agent.ready)
+        assert not first.exists(), "the killed agent's directory is gone"
+        (second,) = set(tmp.iterdir()) - {tmp / name for name in kept}
+        assert second.name.startswith("herald-agent-") and second != first
+        assert sorted(p.name for p in tmp.iterdir() if p != second) == kept
+        code, _ = await agent.stop()
+        assert code == 0
+        assert not second.exists(), "a clean stop removes its own"
+    finally:
+        live.close()
+        await agent.close()
+
+
+async def test_api_watch_follows_the_agent_through_a_restart(
+    tmp_path: Path, server: HeraldServer, socket_dir: Path
+) -> None:
+    agent = await joined_agent(tmp_path, server, socket_dir)
+    watch: asyncio.subprocess.Process | None = None
+    try:
+        agent.start()
+        await wait_for(agent.ready)
+        await create_entry(server, "/watched", agent.agent_id(), selectors=(MY_UID,))
+        await agent.holds_svids(1)
+        watch = await asyncio.create_subprocess_exec(
+            HERALD_AGENT,
+            "api",
+            "watch",
+            "-socketPath",
+            str(agent.socket_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert watch.stdout is not None and watch.stderr is not None
+
+        async def next_update() -> None:
+            assert watch is not None and watch.stdout is not None
+            while True:
+                line = await asyncio.wait_for(watch.stdout.readline(), 30)
+                assert line, "watch exited"
+                if line.startswith(b"SPIFFE ID:"):
+                    assert b"spiffe://example.org/watched" in line
+                    return
+
+        await next_update()
+        code, _ = await agent.stop()
+        assert code == 0
+        retry = await asyncio.wait_for(watch.stderr.readline(), 30)
+        assert retry.startswith(b"Watch: ") and b"; retrying in " in retry, retry
+        assert watch.returncode is None, "watch keeps going while the agent is away"
+        agent.start()
+        await wait_for(agent.ready)
+        await next_update()
+    finally:
+        if watch is not None and watch.returncode is None:
+            watch.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(watch.wait(), 15) == 130
+        await agent.close()

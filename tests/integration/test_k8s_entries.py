@@ -228,8 +228,11 @@ async def test_cluster_static_entries(kube: Kube, store: KubernetesEntryStore) -
 # (What the schema refuses never reaches the server: see test_crds_api.py.)
 INVALID_SPECS = {
     "bad-id": {"spiffeID": "spiffe://example.org/a//b"},
+    "upper-case-domain": {"spiffeID": "spiffe://Example.org/a"},
     "other-domain": {"spiffeID": "spiffe://elsewhere.org/x"},
     "reserved": {"spiffeID": "spiffe://example.org/herald/agent/k8s_psat/prod/x"},
+    "huge-ttl-text": {"jwtSVIDTTL": "99999999999999999999"},
+    "long-ttl": {"jwtSVIDTTL": 366 * 86400 + 1},
 }
 
 
@@ -267,6 +270,10 @@ async def test_invalid_objects_are_skipped_once_and_never_fatal(
         assert f"object={payments}/other-domain" in messages and "outside trust domain" in messages
         assert f"object={payments}/reserved" in messages and "reserved" in messages
         assert "kind=ClusterStaticEntry object=elsewhere" in messages
+        assert (
+            f"object={payments}/upper-case-domain" in messages and "must be lowercase" in messages
+        )
+        assert "spec.jwtSVIDTTL: duration '99999999999999999999' is longer" in messages
 
         # A real 410 Gone from the API server: the relist reads the same bad objects again,
         # silently.

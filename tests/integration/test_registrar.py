@@ -708,10 +708,20 @@ def test_run_command_checks_its_flags(tmp_path: Path) -> None:
         main, ["run", "--cluster-name", "c", "--trust-domain", "a", "--log-level", "x"]
     )
     assert result.exit_code == 2 and "--log-level" in result.output
+    for resync in ("1e400", "nan", "-1", "99999999999999999999"):
+        result = runner.invoke(
+            main, ["run", "--cluster-name", "c", "--trust-domain", "a", "--resync-seconds", resync]
+        )
+        assert result.exit_code == 2, (resync, result.output)
+        assert "--resync-seconds" in result.output and "366 days" in result.output
     config = tmp_path / "c.yaml"
     config.write_text("trust_domain: a\nsurprise: 1\n")
     result = runner.invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 2 and "surprise" in result.output
+    config.write_text("trust_domain: a\ncluster_name: c\ntrust_domain: b\n")
+    result = runner.invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "duplicate key 'trust_domain': set on line 1 and again on line 3" in result.output
 
 
 def test_peering_lets_one_replica_act(cluster: Cluster, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -194,6 +195,34 @@ async def test_a_new_channel_ends_the_sync_backoff_at_once(node: Node) -> None:
         await create_entry(node.server, "/later", agent_id(node))
         client.adopt(Attested(client.svid, client.bundle))
         await wait_for(lambda: manager.svid("later") is not None, within=10.0)
+    finally:
+        await manager.stop()
+
+
+async def test_the_sync_resumes_as_soon_as_the_restarted_server_answers(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long backoff, as after many failures: the sync must follow the channel, not the clock.
+    caplog.set_level(logging.INFO, logger="herald_agent.svid_manager")
+    manager = SvidManager(node.manager.client, backoff_base=30.0, backoff_cap=30.0)
+    await create_entry(node.server, "/web", agent_id(node))
+    await manager.start()
+    try:
+        await wait_for(lambda: manager.svid("web") is not None)
+        assert manager.sync_age() == 0.0
+        await node.server.stop()
+        await wait_for(lambda: manager.counters.sync_reconnects >= 1)
+        await asyncio.sleep(2.0)  # long enough for grpc's own reconnect backoff to grow
+        assert manager.sync_age() >= 2.0, "the age grows while the server is away"
+        await restart(node)
+        answered = time.perf_counter()
+        await create_entry(node.server, "/later", agent_id(node))
+        await wait_for(lambda: manager.svid("later") is not None, within=5.0)
+        took = time.perf_counter() - answered
+        print(f"\nrestarted server answered -> new entry's SVID held: {took * 1000:.0f} ms")
+        assert manager.sync_age() == 0.0
+        resumed = [r.getMessage() for r in caplog.records if "entry sync resumed" in r.getMessage()]
+        assert len(resumed) == 1 and "out of sync for " in resumed[0], resumed
     finally:
         await manager.stop()
 

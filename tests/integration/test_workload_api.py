@@ -270,6 +270,21 @@ async def test_bad_jwt_inputs_are_invalid_argument(agent: Agent) -> None:
 
         for error in [await fetch(), await fetch(audience=["", " "])]:
             assert (error.code(), error.details()) == (invalid, AUDIENCE_REQUIRED)
+        # Bounded before anything is signed: a 3.9 MB audience used to be signed, then stuck.
+        error = await fetch(audience=["x" * 3_900_000])
+        assert (error.code(), error.details()) == (
+            invalid,
+            f"audience '{'x' * 76}... is 3900000 bytes long; at most 1024 are allowed",
+        )
+        error = await fetch(audience=[f"aud{i}" for i in range(33)])
+        assert (error.code(), error.details()) == (
+            invalid,
+            "33 audiences requested; at most 32 are allowed",
+        )
+        assert agent.manager.counters.jwt_minted == 0
+        error = await validate(audience="x" * 1025, svid="x.y.z")
+        assert error.code() == invalid
+        assert "is 1025 bytes long; at most 1024" in (error.details() or "")
         error = await fetch(audience=["a"], spiffe_id="not a spiffe id")
         assert error.code() == invalid
         assert (error.details() or "").startswith("invalid requested SPIFFE ID: ")

@@ -57,6 +57,8 @@ def test_minimal_config_has_the_documented_defaults() -> None:
     assert config.health_address == DEFAULT_HEALTH_ADDRESS
     assert config.workload_attestors.unix == UnixAttestorConfig()
     assert config.workload_attestors.k8s is None
+    assert config.workload_api.max_connections_per_uid == 500
+    assert config.workload_api.idle_timeout.total_seconds() == 300
     assert (config.log_level, config.log_format) == ("info", "text")
 
 
@@ -103,6 +105,16 @@ def test_read_only_kubelet_port_is_plain_http() -> None:
     [
         (minimal(trust_domain=None), "trust_domain: required"),
         (minimal(trust_domain="spiffe://example.org/x"), "trust_domain: "),
+        (minimal(trust_domain="Example.org"), "trust_domain: trust domain must be lowercase"),
+        (
+            minimal(workload_api={"max_connections_per_uid": 0}),
+            "workload_api.max_connections_per_uid: must be between 1 and 1000000, got 0",
+        ),
+        (
+            minimal(workload_api={"idle_timeout": "soon"}),
+            "workload_api.idle_timeout: cannot read duration 'soon'",
+        ),
+        (minimal(workload_api={"idle_timout": "1m"}), "unknown field 'workload_api.idle_timout'"),
         (minimal(server_address=None), "server_address: required"),
         (minimal(server_address="herald-server"), "server_address: expected host:port"),
         (minimal(server_address="h:0"), "server_address: port 0 cannot be dialled"),
@@ -218,6 +230,14 @@ def test_run_exits_2_naming_the_field_or_flag(tmp_path: Path) -> None:
     result = runner.invoke(main, ["run", "--config", str(path), "-trustBundle", "b.pem"])
     assert result.exit_code == 2
     assert "Error: server_address: required" in result.output
+
+    path.write_text("trust_domain: example.org\nnode_attestor:\n  join_token: {token: a}\n" * 2)
+    result = runner.invoke(main, ["run", "-config", str(path)])
+    assert result.exit_code == 2
+    assert (
+        "agent.yaml:4:1: not valid YAML: duplicate key 'trust_domain': set on line 1 and again "
+        "on line 4"
+    ) in result.output
 
     result = runner.invoke(main, ["run", "-confg", str(path)])
     assert result.exit_code == 2

@@ -509,7 +509,7 @@ def test_bundle_map_accepts_both_key_forms() -> None:
         ),
         (
             b'{"trust_domains":{"Example.org":{"keys":[]},"example.org":{"keys":[]}}}',
-            "lists trust domain example.org twice",
+            "'Example.org' is not a trust domain: trust domain must be lowercase",
         ),
         (b'{"trust_domains":{"spiffe://example.org/x":{"keys":[]}}}', "not a trust domain"),
         (b'{"trust_domains":{"bad domain":{"keys":[]}}}', "'bad domain' is not a trust domain"),

@@ -181,6 +181,8 @@ def test_extra_claims_are_added() -> None:
         ({"audiences": ()}, "no audience given"),
         ({"audiences": ("", "")}, "no audience given"),
         ({"audiences": "svc-a"}, "not a single string"),
+        ({"audiences": ("x" * 1025,)}, "is 1025 bytes long; at most 1024 are allowed"),
+        ({"audiences": tuple(f"a{i}" for i in range(33))}, "33 audiences requested; at most 32"),
         ({"lifetime": timedelta(0)}, "must be at least a second after issued_at"),
         ({"lifetime": timedelta(seconds=-1)}, "must be at least a second after"),
         ({"lifetime": timedelta(milliseconds=500)}, "must be at least a second after"),
@@ -194,6 +196,12 @@ def test_extra_claims_are_added() -> None:
 def test_mint_refuses(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(JwtSvidError, match=message):
         mint(**kwargs)
+
+
+def test_the_most_audiences_of_the_longest_length_are_signed() -> None:
+    audiences = tuple(f"{i:02d}" + "x" * 1022 for i in range(32))
+    assert segment(mint(audiences=audiences), 1)["aud"] == list(audiences)
+    assert segment(mint(audiences=("a",) * 40), 1)["aud"] == ["a"], "duplicates count once"
 
 
 def test_mint_refuses_naive_expiry() -> None:

@@ -16,6 +16,7 @@ from herald_core.logs import (
     REDACTED,
     LogConfigError,
     LogFormat,
+    RepeatLimiter,
     is_secret_name,
     log_event,
     make_handler,
@@ -232,3 +233,17 @@ def test_unknown_level_and_format_are_refused() -> None:
         setup_logging("loud")
     with pytest.raises(LogConfigError, match="unknown log format 'xml'; use 'text' or 'json'"):
         setup_logging("info", "xml")  # type: ignore[arg-type]
+
+
+def test_repeats_are_one_line_per_key_and_interval_saying_how_many_were_left_out() -> None:
+    now = [0.0]
+    limiter = RepeatLimiter(60.0, max_keys=2, clock=lambda: now[0])
+    assert [limiter.allow(1000) for _ in range(5)] == [0, None, None, None, None]
+    assert limiter.allow(0) == 0, "another key has its own line"
+    now[0] = 59.9
+    assert limiter.allow(1000) is None
+    now[0] = 60.0
+    assert limiter.allow(1000) == 5, "the next line counts what was left out"
+    assert limiter.allow(1000) is None
+    assert limiter.allow(2) == 0, "past max_keys the memory starts over"
+    assert limiter.allow(1000) == 0

@@ -324,6 +324,7 @@ def test_a_cluster_spiffeid_is_not_confined() -> None:
         ("spiffe://other.org/ns/{{ .PodMeta.Namespace }}", "outside trust domain example.org"),
         ("spiffe://{{ .TrustDomain }}", "which has no path"),
         ("spiffe://{{ .TrustDomain }}/a//b", "not a SPIFFE ID"),
+        ("spiffe://Example.org/ns/{{ .PodMeta.Namespace }}", "trust domain must be lowercase"),
         ('spiffe://{{ .TrustDomain }}/{{ index .PodMeta.Labels "version" }}', "no label 'version'"),
     ],
 )

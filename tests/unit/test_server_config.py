@@ -80,7 +80,7 @@ def test_full_kubernetes_file(tmp_path: Path, no_pod: Path) -> None:
     path = write(
         tmp_path,
         """
-        trust_domain: Prod.Example.ORG
+        trust_domain: prod.example.org
         mode: kubernetes
         data_dir: data
         log_level: DEBUG
@@ -212,6 +212,28 @@ def test_empty_file_needs_a_trust_domain(tmp_path: Path, no_pod: Path) -> None:
         ({"ca": {"jwt_svid_ttl": "1.5s"}}, "ca.jwt_svid_ttl: must be a whole number of seconds"),
         ({"join_token_ttl": "400d"}, "join_token_ttl: must be at most 366d"),
         (
+            {"trust_domain": "Prod.Example.ORG"},
+            "trust_domain: trust domain must be lowercase; found 'P' at position 0 "
+            "(write 'prod.example.org')",
+        ),
+        # 20 digits overflowed timedelta: a traceback instead of the field's name.
+        (
+            {"join_token_ttl": 99999999999999999999},
+            "join_token_ttl: duration '99999999999999999999' is longer than 3650d",
+        ),
+        ({"ca": {"ttl": "99999999999999999999s"}}, "ca.ttl: duration '99999999999999999999s' is"),
+        ({"ca": {"x509_svid_ttl": "9" * 400 + "h"}}, "ca.x509_svid_ttl: duration '99999"),
+        ({"ca": {"jwt_svid_ttl": "99999999999999999999"}}, "ca.jwt_svid_ttl: duration"),
+        ({"ca": {"agent_svid_ttl": "99999999999999999999m"}}, "ca.agent_svid_ttl: duration"),
+        ({"ca": {"refresh_hint": "99999999999999999999d"}}, "ca.refresh_hint: duration"),
+        (
+            {"limits": {"sign_rate_per_agent": 10**400}},
+            "limits.sign_rate_per_agent: must be between 0.001 and 1e+07, got 100000000000… "
+            "(401 digits)",
+        ),
+        ({"limits": {"sign_rate_per_agent": float("nan")}}, "limits.sign_rate_per_agent: must be"),
+        ({"limits": {"max_batch": 10**400}}, "limits.max_batch: must be between 1 and 100000, got"),
+        (
             {"ca": {"key_type": "ed25519"}},
             "ca.key_type: 'ed25519' is not one of 'ec-p256', 'ec-p384', 'rsa-2048', 'rsa-4096'",
         ),
@@ -287,7 +309,10 @@ def test_empty_file_needs_a_trust_domain(tmp_path: Path, no_pod: Path) -> None:
             {"limits": {"max_message_bytes": 1000}},
             "limits.max_message_bytes: must be between 65536 and",
         ),
-        ({"limits": {"sign_rate_per_agent": 0}}, "limits.sign_rate_per_agent: must be at least"),
+        (
+            {"limits": {"sign_rate_per_agent": 0}},
+            "limits.sign_rate_per_agent: must be between 0.001 and 1e+07, got 0",
+        ),
         (
             {"limits": {"sign_burst_per_agent": 100}},
             "limits.sign_burst_per_agent: 100 is less than limits.max_batch (500); a full batch "
@@ -416,3 +441,25 @@ def test_to_ca_settings_takes_the_loaded_upstream(no_pod: Path) -> None:
         config.to_ca_settings()
     with pytest.raises(ConfigError, match="an upstream CA was given but none is configured"):
         build({}, no_pod).to_ca_settings(upstream)
+
+
+def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path: Path, no_pod: Path) -> None:
+    path = write(
+        tmp_path, "trust_domain: example.org\nca:\n  ttl: 1h\n  key_type: ec-p256\n  ttl: 2h\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, namespace_file=no_pod)
+    assert str(caught.value) == (
+        f"{path}:5:3: not valid YAML: duplicate key 'ttl': set on line 3 and again on line 5"
+    )
+
+
+def test_a_top_level_key_written_twice_is_refused(tmp_path: Path, no_pod: Path) -> None:
+    path = write(tmp_path, "trust_domain: example.org\ntrust_domain: other.org\n")
+    with pytest.raises(ConfigError, match="duplicate key 'trust_domain': set on line 1 and again"):
+        load_config(path, namespace_file=no_pod)
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path, no_pod: Path) -> None:
+    path = write(tmp_path, "trust_domain: example.org\nca:\n  <<: {ttl: 2h}\n  ttl: 4h\n")
+    assert load_config(path, namespace_file=no_pod).ca.ttl == timedelta(hours=4)
