@@ -10,8 +10,9 @@ users 400-630 millicores per agent.)
 The secure port (10250) needs the agent's service-account token, re-read whenever the file
 changes (projected tokens are rotated in place), and authorization: the kubelet asks the API
 server whether the token's subject may ``get`` ``nodes/pods`` (Kubernetes 1.33 and newer, where
-KubeletFineGrainedAuthz is on by default) or ``nodes/proxy`` (older kubelets). A 401 or 403 is turned into an error that says exactly
-that. The read-only port (10255, plain HTTP, no auth) is supported for clusters that still run it.
+KubeletFineGrainedAuthz is on by default) or ``nodes/proxy`` (older kubelets). A 401 or 403 is
+turned into an error that says exactly that. The read-only port (10255, plain HTTP, no auth)
+is supported for clusters that still run it.
 """
 
 from __future__ import annotations
