@@ -1,4 +1,8 @@
-"""A Kubernetes API server for tests: kmock's scaffold with a store that acts like kube-apiserver.
+"""A Kubernetes API server in Python: kmock's scaffold with a store that acts like kube-apiserver.
+
+It is the benchmarks' baseline beside the real control plane (bench/operator.py,
+bench/pod_identity.py: what herald costs over an API server that costs nearly nothing); every
+Kubernetes-mode test runs on the real API (tests/k8s), faults included.
 
 kmock 0.8's own emulator keeps no resourceVersion, replays every object on each watch, ignores
 selectors, knows no PUT and misreads core namespace paths (testenv.md §1). KubeEmulator keeps
@@ -18,15 +22,14 @@ does what herald and Kopf rely on:
 - LIST returns the current resourceVersion and ``kind``; label selectors and field selectors
   (any dotted field path, ``=``, ``==``, ``!=``) on LIST and WATCH;
 - WATCH from a resourceVersion sends only newer events, turns selector transitions into
-  ADDED/DELETED like the real server, honours ``timeoutSeconds``; ``expire_watches()`` ends open
-  watches with a 410 ERROR event and makes older resourceVersions too old (410), as etcd
-  compaction does;
+  ADDED/DELETED like the real server, honours ``timeoutSeconds``;
 - finalizers: DELETE sets deletionTimestamp; the object goes when its last finalizer goes;
   dependents whose every owner is gone are deleted (background garbage collection);
 - TokenReview answered from a table of service-account tokens the test registers.
 
 Not emulated: namespace existence, admission and schema validation or defaulting, server-side
-apply, strategic-merge list semantics, BOOKMARK events, pagination, authentication of callers.
+apply, strategic-merge list semantics, BOOKMARK events, pagination, authentication of callers,
+compaction (410 Gone).
 
 KubeCluster serves the emulator on a random localhost port from its own thread and event loop, so
 synchronous kubernetes-client code in threads, async tests and Kopf (in its thread) can all use it.
@@ -415,7 +418,6 @@ class KubeEmulator(kmock.KubernetesScaffold):
     _store: dict[_Key, Obj] = attrs.field(factory=dict, init=False)
     _log: list[_Change] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=1000, init=False)
-    _compacted: int = attrs.field(default=0, init=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _tokens: dict[str, ServiceAccountToken] = attrs.field(factory=dict, init=False)
@@ -584,10 +586,6 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 if matches(obj):
                     yield {"type": "ADDED", "object": obj}
         while not self._closing:
-            if cursor < self._compacted:
-                message = f"too old resource version: {cursor} ({self._compacted})"
-                yield {"type": "ERROR", "object": _status(410, "Expired", message)}
-                return
             start = bisect.bisect_right(self._log, cursor, key=lambda change: change.rv)
             pending, cursor, changed = self._log[start:], self._rv, self._changed
             for change in pending:
@@ -811,20 +809,6 @@ class KubeEmulator(kmock.KubernetesScaffold):
     def add_token(self, token: str, info: ServiceAccountToken) -> None:
         self._tokens[token] = info
 
-    def revoke_token(self, token: str) -> None:
-        self._tokens.pop(token, None)
-
-    def expire_watches(self) -> None:
-        """Forget the change history, as etcd compaction does.
-
-        Open watches end with a 410 ERROR event; a watch from any resourceVersion older than now
-        gets 410 too; a relist returns a fresh resourceVersion that can be watched from.
-        """
-        self._rv += 1
-        self._compacted = self._rv
-        self._log.clear()
-        self._wake_watches()
-
     @property
     def resource_version(self) -> int:
         return self._rv
@@ -994,13 +978,6 @@ class KubeCluster:
         )
         self._call(lambda: self.emulator.add_token(token, info))
         return info
-
-    def revoke_service_account_token(self, token: str) -> None:
-        self._call(lambda: self.emulator.revoke_token(token))
-
-    def expire_watches(self) -> None:
-        """Open watches end with 410 Gone; older resourceVersions become too old to watch from."""
-        self._call(self.emulator.expire_watches)
 
     @property
     def resource_version(self) -> int:

@@ -333,39 +333,41 @@ def _identity(**spec: Any) -> Obj:
     }
 
 
-@pytest.mark.parametrize(
-    ("change", "error"),
-    [
-        ({"podSelectr": {}}, "spec.podSelectr: unknown field"),
-        ({"ttl": "1 hour"}, "spec.ttl: '1 hour' does not match"),
-        ({"ttl": "1h30"}, "spec.ttl: '1h30' does not match"),
-        ({"jwtTtl": "5min"}, "spec.jwtTtl: '5min' does not match"),
-        ({"ttl": 3600}, "spec.ttl: 3600 is not of type 'string'"),
-        ({"workloadSelectorTemplates": ["k8s"]}, "spec.workloadSelectorTemplates[0]: 'k8s'"),
-        ({"workloadSelectorTemplates": ["K8s:ns:x"]}, "spec.workloadSelectorTemplates[0]"),
-        ({"spiffeIDTemplate": "http://x/y"}, "spec.spiffeIDTemplate: 'http://x/y' does not"),
-        ({"federatesWith": ["a.org", "a.org"]}, "spec.federatesWith: duplicate item 'a.org'"),
-        ({"federatesWith": ["Bad Domain"]}, "spec.federatesWith[0]"),
-        ({"admin": "yes"}, "spec.admin: 'yes' is not of type 'boolean'"),
-        (
-            {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
-            "spec.podSelector.matchExpressions[0]: values must be non-empty for In and NotIn",
-        ),
-        (
-            {
-                "podSelector": {
-                    "matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]
-                }
-            },
-            "spec.podSelector.matchExpressions[0]: values must be non-empty",
-        ),
-        (
-            {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Equals"}]}},
-            "spec.namespaceSelector.matchExpressions[0].operator: 'Equals' is not one of",
-        ),
-        ({"namespaceSelector": {"matchLabel": {"a": "b"}}}, "spec.namespaceSelector.matchLabel"),
-    ],
-)
+# Each an identity change and the start of the error naming its field; the real API server
+# refuses the same objects naming the same fields (tests/integration/test_crds_api.py).
+INVALID_IDENTITY_CHANGES: list[tuple[Obj, str]] = [
+    ({"podSelectr": {}}, "spec.podSelectr: unknown field"),
+    ({"ttl": "1 hour"}, "spec.ttl: '1 hour' does not match"),
+    ({"ttl": "1h30"}, "spec.ttl: '1h30' does not match"),
+    ({"jwtTtl": "5min"}, "spec.jwtTtl: '5min' does not match"),
+    ({"ttl": 3600}, "spec.ttl: 3600 is not of type 'string'"),
+    ({"workloadSelectorTemplates": ["k8s"]}, "spec.workloadSelectorTemplates[0]: 'k8s'"),
+    ({"workloadSelectorTemplates": ["K8s:ns:x"]}, "spec.workloadSelectorTemplates[0]"),
+    ({"spiffeIDTemplate": "http://x/y"}, "spec.spiffeIDTemplate: 'http://x/y' does not"),
+    ({"federatesWith": ["a.org", "a.org"]}, "spec.federatesWith: duplicate item 'a.org'"),
+    ({"federatesWith": ["Bad Domain"]}, "spec.federatesWith[0]"),
+    ({"admin": "yes"}, "spec.admin: 'yes' is not of type 'boolean'"),
+    (
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+        "spec.podSelector.matchExpressions[0]: values must be non-empty for In and NotIn",
+    ),
+    (
+        {
+            "podSelector": {
+                "matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]
+            }
+        },
+        "spec.podSelector.matchExpressions[0]: values must be non-empty",
+    ),
+    (
+        {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Equals"}]}},
+        "spec.namespaceSelector.matchExpressions[0].operator: 'Equals' is not one of",
+    ),
+    ({"namespaceSelector": {"matchLabel": {"a": "b"}}}, "spec.namespaceSelector.matchLabel"),
+]
+
+
+@pytest.mark.parametrize(("change", "error"), INVALID_IDENTITY_CHANGES)
 def test_invalid_identity_is_refused_naming_the_field(change: Obj, error: str) -> None:
     errors = validate("ClusterSPIFFEID", _identity(**change))
     assert any(e.startswith(error) for e in errors), errors
@@ -466,41 +468,41 @@ def _server_reads(obj: Obj) -> None:
         k8s_entries._read_static(obj, TRUST_DOMAIN)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        {},
-        {"x509SVIDTTL": 3600, "jwtSVIDTTL": 300},
-        {"x509SVIDTTL": "1h", "jwtSVIDTTL": "5m"},
-        {"x509SVIDTTL": "1h30m", "jwtSVIDTTL": "3600"},
-        {"x509SVIDTTL": 0},
-        {"dnsNames": ["web.shop.svc.cluster.local", "*.web.example.org"]},
-        {"federatesWith": ["partner.example", "spiffe://other.example"]},
-        {"hint": "web", "admin": True, "downstream": False},
-        {"selectors": ["k8s:pod-uid:0b5c3c1e-uid", "k8s:container-name:app", "unix:uid:1000"]},
-        {"selectors": ["k8s:pod-label:app.kubernetes.io/name:web"]},
-    ],
-)
+VALID_ENTRY_SPECS: list[Obj] = [
+    {},
+    {"x509SVIDTTL": 3600, "jwtSVIDTTL": 300},
+    {"x509SVIDTTL": "1h", "jwtSVIDTTL": "5m"},
+    {"x509SVIDTTL": "1h30m", "jwtSVIDTTL": "3600"},
+    {"x509SVIDTTL": 0},
+    {"dnsNames": ["web.shop.svc.cluster.local", "*.web.example.org"]},
+    {"federatesWith": ["partner.example", "spiffe://other.example"]},
+    {"hint": "web", "admin": True, "downstream": False},
+    {"selectors": ["k8s:pod-uid:0b5c3c1e-uid", "k8s:container-name:app", "unix:uid:1000"]},
+    {"selectors": ["k8s:pod-label:app.kubernetes.io/name:web"]},
+]
+
+
+@pytest.mark.parametrize("spec", VALID_ENTRY_SPECS)
 def test_workload_entry_shapes_the_server_reads_are_accepted(spec: Obj) -> None:
     obj = _workload(**spec)
     assert validate("WorkloadEntry", obj) == []
     _server_reads(obj)
 
 
-@pytest.mark.parametrize(
-    ("spec", "error"),
-    [
-        ({"x509SVIDTTL": "1 hour"}, "spec.x509SVIDTTL: '1 hour' does not match"),
-        ({"jwtSVIDTTL": -5}, "spec.jwtSVIDTTL: -5 is less than the minimum of 0"),
-        ({"x509SVIDTTL": True}, "spec.x509SVIDTTL: expected an integer or a string, got True"),
-        ({"selectors": []}, "spec.selectors: [] should be non-empty"),
-        ({"selectors": ["pod-uid"]}, "spec.selectors[0]: 'pod-uid' does not match"),
-        ({"spiffeID": "example.org/web"}, "spec.spiffeID: 'example.org/web' does not match"),
-        ({"dnsNames": ["Web.Example.org"]}, "spec.dnsNames[0]: 'Web.Example.org' does not"),
-        ({"nodeName": ""}, "spec.nodeName: '' should be non-empty"),
-        ({"node": "node-a"}, "spec.node: unknown field"),
-    ],
-)
+INVALID_ENTRY_SPECS: list[tuple[Obj, str]] = [
+    ({"x509SVIDTTL": "1 hour"}, "spec.x509SVIDTTL: '1 hour' does not match"),
+    ({"jwtSVIDTTL": -5}, "spec.jwtSVIDTTL: -5 is less than the minimum of 0"),
+    ({"x509SVIDTTL": True}, "spec.x509SVIDTTL: expected an integer or a string, got True"),
+    ({"selectors": []}, "spec.selectors: [] should be non-empty"),
+    ({"selectors": ["pod-uid"]}, "spec.selectors[0]: 'pod-uid' does not match"),
+    ({"spiffeID": "example.org/web"}, "spec.spiffeID: 'example.org/web' does not match"),
+    ({"dnsNames": ["Web.Example.org"]}, "spec.dnsNames[0]: 'Web.Example.org' does not"),
+    ({"nodeName": ""}, "spec.nodeName: '' should be non-empty"),
+    ({"node": "node-a"}, "spec.node: unknown field"),
+]
+
+
+@pytest.mark.parametrize(("spec", "error"), INVALID_ENTRY_SPECS)
 def test_invalid_workload_entry_is_refused_by_schema_and_server(spec: Obj, error: str) -> None:
     obj = _workload(**spec)
     errors = validate("WorkloadEntry", obj)
