@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint check demo proto clean
+.PHONY: setup test lint check demo proto spire clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -23,6 +23,11 @@ demo: setup
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
+
+# spire-server and spire-agent for the interop tests and bench/vs_spire.py, built once into
+# ${HERALD_SPIRE_CACHE:-~/.cache/herald/spire}/<version>/bin (about 5 min cold on 2 cores).
+spire:
+	@scripts/build_spire.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

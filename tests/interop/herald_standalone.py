@@ -9,8 +9,6 @@ attestor. Entries are created through the admin socket, as `herald-server entry 
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from herald_core.selector import parse_selectors
 from herald_core.wire import bundle_from_proto, selector_to_proto
 from herald_core.x509svid import certs_to_pem
 from herald_server.admin_client import CHANNEL_OPTIONS
-from tests.interop.processes import Child, wait_until
+from tests.interop.processes import Child, http_get, wait_until
 from tests.server_harness import free_port
 
 BIN = Path(sys.executable).parent
@@ -171,14 +169,7 @@ class HeraldStandalone:
         return True
 
     def _get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.ports['agent-health']}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
-        except OSError:
-            return 0, ""
+        return http_get(self.ports["agent-health"], path)
 
     def _write(self, name: str, doc: dict[str, Any]) -> Path:
         path = self.workdir / name

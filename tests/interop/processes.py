@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -81,3 +83,14 @@ def wait_until(
             raise DeploymentError(f"{what}: not within {timeout:.0f} s\n{child.log_tail()}")
         time.sleep(0.01)
     return time.monotonic() - began
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET a health or metrics path on loopback; (0, "") if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""

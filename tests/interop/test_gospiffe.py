@@ -1,9 +1,11 @@
-"""go-spiffe v2 against herald: the Go tests in tests/interop/go, run against real processes.
+"""go-spiffe v2 against herald, and the same tests against SPIRE: tests/interop/go as processes.
 
 A real `herald-server run` and `herald-agent run` (standalone, join token, unix attestor) serve
 the Workload API; the Go test binary is registered by its path with a 10 s X.509-SVID TTL (so it
 rotates within a test) and the py-spiffe workload (`scripts/demo_workload.py`) by the
 interpreter's path. Each pytest test runs one Go test and fails with its output unless it passed.
+Every test runs once more against SPIRE configured the same way (tests/interop/systems.py), which
+shows the Go tests ask nothing of herald that SPIRE does not do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from tests.interop.golang import INTEROP, GoTest, compile_tests, run_go_test
 from tests.interop.herald_standalone import HeraldStandalone
+from tests.interop.systems import NAMES, System, make_system
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,7 +32,7 @@ GO_ROTATING_TTL = 10
 class Interop:
     """The deployment, the compiled Go tests and what they are told to expect."""
 
-    def __init__(self, deployment: HeraldStandalone, binary: Path, go_id: str, py_id: str) -> None:
+    def __init__(self, deployment: System, binary: Path, go_id: str, py_id: str) -> None:
         self.deployment = deployment
         self.binary = binary
         self.env = {
@@ -42,12 +45,18 @@ class Interop:
 
 
 @pytest.fixture(scope="module")
-def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
-    workdir = tmp_path_factory.mktemp("gospiffe")
-    binary = compile_tests(INTEROP / "go", workdir / "gospiffe.test")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_tests(INTEROP / "go", tmp_path_factory.mktemp("gospiffe") / "gospiffe.test")
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def interop(
+    request: pytest.FixtureRequest, binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Interop]:
+    workdir = tmp_path_factory.mktemp(request.param)
     # The socket's path must fit a sockaddr_un; pytest's temporary paths can be long.
     with tempfile.TemporaryDirectory(prefix="herald-go-") as sockets:
-        deployment = HeraldStandalone(workdir, Path(sockets))
+        deployment = make_system(request.param, workdir, Path(sockets))
         try:
             deployment.start()
             go_id = deployment.create_entry(
@@ -55,7 +64,9 @@ def interop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interop]:
             )
             python = os.path.realpath(sys.executable)
             py_id = deployment.create_entry("/interop/python", [f"unix:path:{python}"])
-            deployment.wait_svids(2)
+            if isinstance(deployment, HeraldStandalone):
+                # SPIRE has no such count; the Go tests wait for their identity as workloads do.
+                deployment.wait_svids(2)
             yield Interop(deployment, binary, go_id, py_id)
         finally:
             deployment.stop()

@@ -15,6 +15,12 @@ var audiences = []string{"spiffe://example.org/billing", "reports", "audit"}
 func TestJWTSVIDsWithSeveralAudiences(t *testing.T) {
 	me := expectedID(t, "GO_ID")
 	ctx := bounded(t)
+	// The source waits until the caller has an identity (an agent may not have the entry yet).
+	source, err := workloadapi.NewJWTSource(ctx)
+	if err != nil {
+		t.Fatalf("NewJWTSource: %v", err)
+	}
+	defer source.Close()
 	client := client(t, ctx)
 
 	params := jwtsvid.Params{Audience: audiences[0], ExtraAudiences: audiences[1:]}
@@ -42,11 +48,6 @@ func TestJWTSVIDsWithSeveralAudiences(t *testing.T) {
 		t.Errorf("ValidateJWTSVID accepted an audience the token was not minted for")
 	}
 
-	source, err := workloadapi.NewJWTSource(ctx)
-	if err != nil {
-		t.Fatalf("NewJWTSource: %v", err)
-	}
-	defer source.Close()
 	fromSource, err := source.FetchJWTSVID(ctx, params)
 	if err != nil {
 		t.Fatalf("JWTSource.FetchJWTSVID: %v", err)

@@ -18,6 +18,9 @@ func TestX509SourceRotates(t *testing.T) {
 	source, log := x509Source(t, ctx, dials.option())
 
 	first := checkedSVID(t, source)
+	// Refusals before the first SVID (an entry the agent has not synced yet) are retries, not
+	// reconnections; only what the client reports from here on counts.
+	refusals := len(log.reported())
 	if first.ID != me {
 		t.Fatalf("SVID is %s, want %s", first.ID, me)
 	}
@@ -36,7 +39,7 @@ func TestX509SourceRotates(t *testing.T) {
 	if n := dials.dials.Load(); n != 1 {
 		t.Errorf("the source connected %d times, want 1", n)
 	}
-	if problems := log.reported(); len(problems) > 0 {
+	if problems := log.reported()[refusals:]; len(problems) > 0 {
 		t.Errorf("the stream was not kept open: %v", problems)
 	}
 }
