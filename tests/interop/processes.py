@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 START_TIMEOUT = 60.0
 
 
@@ -94,3 +96,15 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, ""
     except OSError:
         return 0, ""
+
+
+def gauge(port: int, name: str) -> float | None:
+    """The first sample of Prometheus series ``name`` on loopback ``port``; None without it."""
+    status, text = http_get(port, "/metrics")
+    if status != 200:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.interop.golang import INTEROP, GoTest, compile_tests, run_go_test
-from tests.interop.herald_standalone import HeraldStandalone
 from tests.interop.systems import NAMES, System, make_system
 
 pytestmark = pytest.mark.timeout(300)
@@ -64,9 +63,7 @@ def interop(
             )
             python = os.path.realpath(sys.executable)
             py_id = deployment.create_entry("/interop/python", [f"unix:path:{python}"])
-            if isinstance(deployment, HeraldStandalone):
-                # SPIRE has no such count; the Go tests wait for their identity as workloads do.
-                deployment.wait_svids(2)
+            deployment.wait_svids(2)
             yield Interop(deployment, binary, go_id, py_id)
         finally:
             deployment.stop()
