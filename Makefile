@@ -1,5 +1,6 @@
 # The two commands a new machine needs: `make demo` and `make test`.
-# Both create .venv first (scripts/bootstrap.sh); `make check` adds lint and types.
+# Both create .venv first (scripts/bootstrap.sh); `make test` also builds SPIRE once (`make
+# spire`) for the interop tests; `make check` adds lint and types.
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 setup:
 	@scripts/bootstrap.sh
 
-test: setup
+test: setup spire
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -26,8 +27,9 @@ proto: setup
 
 # spire-server and spire-agent for the interop tests and bench/vs_spire.py, built once into
 # ${HERALD_SPIRE_CACHE:-~/.cache/herald/spire}/<version>/bin (about 5 min cold on 2 cores).
+# Without Go (exit 3) the tests that need SPIRE skip, except under CI=true, where this fails.
 spire:
-	@scripts/build_spire.sh
+	@scripts/build_spire.sh >/dev/null || { rc=$$?; [ $$rc -eq 3 ] && [ "$${CI:-}" != true ] || exit $$rc; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
