@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.agent import rss_mib
+from bench.operator import percentile
 from bench.sign import _cpu, _process_tree
 from tests.interop.golang import go_tool
 from tests.interop.processes import wait_until
@@ -183,11 +184,6 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def pct(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 class Run:
     """Every measurement of one system; ``figures`` collects them by name."""
 
@@ -273,8 +269,8 @@ class Run:
             create.communicate(timeout=60)
             latencies.append((waiting.read("svid")["unix_ns"] - created) / 1e6)
             waiting.close()
-        self.figures["entry created → SVID, p50 (ms)"] = pct(latencies, 0.50)
-        self.figures["entry created → SVID, p99 (ms)"] = pct(latencies, 0.99)
+        self.figures["entry created → SVID, p50 (ms)"] = percentile(latencies, 0.50)
+        self.figures["entry created → SVID, p99 (ms)"] = percentile(latencies, 0.99)
 
     def fetches(self, system: Standalone) -> None:
         for clients in self.scale.clients:
