@@ -16,7 +16,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	grpc_reflection_v1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 )
 
@@ -29,7 +31,8 @@ import (
 func TestObserve(t *testing.T) {
 	out := expected(t, "OBSERVE")
 	ctx := bounded(t)
-	raw := rawClient(t)
+	conn := rawConnection(t)
+	raw := workload.NewSpiffeWorkloadAPIClient(conn)
 	seen := observations{}
 	switch as := expected(t, "OBSERVE_AS"); as {
 	case "registered":
@@ -40,6 +43,7 @@ func TestObserve(t *testing.T) {
 		t.Fatalf("HERALD_INTEROP_OBSERVE_AS=%q: want registered or unregistered", as)
 	}
 	observeRequestErrors(ctx, raw, seen)
+	observeServices(ctx, conn, seen)
 	encoded, err := json.MarshalIndent(seen, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +53,7 @@ func TestObserve(t *testing.T) {
 	}
 }
 
-func rawClient(t *testing.T) workload.SpiffeWorkloadAPIClient {
+func rawConnection(t *testing.T) *grpc.ClientConn {
 	t.Helper()
 	addr, ok := workloadapi.GetDefaultAddress()
 	if !ok {
@@ -60,7 +64,44 @@ func rawClient(t *testing.T) workload.SpiffeWorkloadAPIClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return workload.NewSpiffeWorkloadAPIClient(conn)
+	return conn
+}
+
+// observeServices records what else the socket serves: the services server reflection lists
+// (v1alpha, which both grpc-go and grpcio serve; a v1 service shows in its list) and the gRPC
+// health status of the server as a whole.
+func observeServices(ctx context.Context, conn *grpc.ClientConn, o observations) {
+	services, err := listServices(ctx, grpc_reflection_v1alpha.NewServerReflectionClient(conn))
+	o.set("reflection.services", services)
+	o.recordStatus("reflection", err)
+	health, err := grpc_health_v1.NewHealthClient(conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{})
+	if err == nil {
+		o.set("health.status", health.GetStatus().String())
+	}
+	o.recordStatus("health", err)
+}
+
+func listServices(ctx context.Context, client grpc_reflection_v1alpha.ServerReflectionClient) ([]string, error) {
+	stream, err := client.ServerReflectionInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer stream.CloseSend()
+	request := &grpc_reflection_v1alpha.ServerReflectionRequest{
+		MessageRequest: &grpc_reflection_v1alpha.ServerReflectionRequest_ListServices{}}
+	if err := stream.Send(request); err != nil {
+		return nil, err
+	}
+	response, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, service := range response.GetListServicesResponse().GetService() {
+		names = append(names, service.GetName())
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 func withHeader(ctx context.Context, value string) context.Context {
