@@ -46,5 +46,5 @@ def test_the_spire_comparison_runs_every_part(tmp_path: Path) -> None:
     assert figures["herald"].keys() == figures["spire"].keys()
     for system, measured in figures.items():
         for name, value in measured.items():
-            assert math.isfinite(value) and value >= 0, f"{system}: {name} = {value}"
+            assert math.isfinite(value), f"{system}: {name} = {value}"
     assert "| measure | herald | SPIRE | herald / SPIRE |" in done.stdout
