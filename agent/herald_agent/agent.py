@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from typing import Final
 
@@ -276,8 +277,27 @@ def _same(attested: Attested, other: Attested | None) -> bool:
     return other is not None and attested.svid is other.svid and attested.bundle is other.bundle
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as every Go program (SPIRE's agent
+    among them) does at start; the new soft limit.
+
+    Each workload connection holds four descriptors here (the caller's socket, its pidfd, the
+    relay's two ends), so the soft limit a service manager commonly sets (1,024) would refuse
+    the 256th workload while the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # an unlimited hard limit is more than the kernel allows
+        return soft
+    return hard
+
+
 async def run(config: AgentConfig) -> None:
     """Run an agent until SIGTERM or SIGINT (also while it is still starting)."""
+    log_event(_log, "info", "open files limit", soft=raise_open_files_limit())
     agent = HeraldAgent(config)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

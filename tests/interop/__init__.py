@@ -1,0 +1,1 @@
+"""Interop beyond the Python clients: go-spiffe test binaries, herald and SPIRE as processes."""
