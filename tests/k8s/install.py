@@ -1,6 +1,7 @@
 """herald's footprint on a test control plane: CRDs once, then one release per test.
 
-`install_crds` applies the chart's ``crds/`` through the API and waits until each is Established.
+`install_crds` applies the chart's ``files/crds/`` through the API and waits until each is
+Established.
 `install_herald` makes what the chart makes for the components to run against the API: the
 namespace, one ServiceAccount per component, the RBAC rendered from files/rbac.yaml, and the Kopf
 peering object; then it requests a token for each ServiceAccount (TokenRequest, as a projected
@@ -20,7 +21,7 @@ from tests.k8s.api import Kube, wait_for
 from tests.k8s.binaries import ROOT
 from tests.k8s.rbac import COMPONENTS, Release, render_rbac
 
-CRD_DIR = ROOT / "deploy" / "helm" / "herald" / "crds"
+CRD_DIR = ROOT / "deploy" / "helm" / "herald" / "files" / "crds"
 TOKEN_SECONDS = 6 * 3600
 
 
