@@ -23,6 +23,8 @@ CHART = ROOT / "deploy" / "helm" / "herald"
 KUBE_VERSIONS = tuple(f"1.{minor}.0" for minor in range(30, 38))
 """Every Kubernetes minor the chart supports (kubeVersion >=1.30) up to the newest schemas."""
 RELEASE = "herald"
+CLUSTER_API_VERSIONS = ("herald.dev/v1alpha1/ClusterSPIFFEID",)
+"""What ``helm template`` is told the cluster serves: herald's CRDs, as after a first install."""
 NAMESPACE = "herald-system"
 Obj = dict[str, Any]
 
@@ -90,6 +92,7 @@ def helm_args(
     kube_version: str = KUBE_VERSIONS[-1],
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    api_versions: tuple[str, ...] = CLUSTER_API_VERSIONS,
 ) -> list[str]:
     return [
         "template",
@@ -99,6 +102,7 @@ def helm_args(
         namespace,
         "--kube-version",
         kube_version,
+        *(f"--api-versions={api_version}" for api_version in api_versions),
         *set_flags(values or {}),
     ]
 

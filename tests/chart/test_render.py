@@ -21,7 +21,15 @@ from herald_agent.config import config_from_mapping as agent_config
 from herald_operator import crds
 from herald_server.config import config_from_mapping as server_config
 from scripts import values_table
-from tests.chart.render import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, Rendered, render
+from tests.chart.render import (
+    CHART,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    Rendered,
+    helm_args,
+    render,
+)
 from tests.k8s.binaries import ROOT
 from tests.k8s.helm import Helm
 
@@ -124,7 +132,9 @@ def test_chart_metadata_matches_the_package() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["kubeVersion"] == ">=1.30.0-0"
     assert chart["appVersion"] == project["version"]
-    assert not (CHART / "crds").exists(), "crds/ is never upgraded by Helm: use files/crds/"
+    # crds/ is never upgraded by Helm: only Kopf's CRD, which herald's objects need at mapping
+    # time on a fresh cluster, lives there; herald's own are in files/crds/.
+    assert [p.name for p in (CHART / "crds").iterdir()] == ["kopf.dev_clusterkopfpeerings.yaml"]
 
 
 def test_lint_strict_passes_and_can_fail(helm: Helm, tmp_path: Path) -> None:
@@ -367,6 +377,8 @@ def test_crds_come_from_their_one_source_and_are_kept(helm4: Helm) -> None:
         assert doc["spec"] == source["spec"]
         assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "herald"
+    with_kopf = helm4.run([*helm_args(), "--include-crds"]).stdout
+    assert "name: clusterkopfpeerings.kopf.dev" in with_kopf
     unkept = render(helm4, {"crds": {"keep": False}}).kinds("CustomResourceDefinition")
     assert all(
         "helm.sh/resource-policy" not in (d["metadata"].get("annotations") or {}) for d in unkept
@@ -402,6 +414,10 @@ def test_optional_pieces(helm4: Helm) -> None:
     )
     image = rendered.pod_spec("server")["containers"][0]["image"]
     assert image == "registry.example.org/herald@sha256:" + "ab" * 32
+    done = helm4.run(helm_args(VALUE_SETS["everything-optional"], api_versions=()), check=False)
+    assert "exampleClusterSPIFFEID.enabled: the ClusterSPIFFEID CRD is not in the cluster" in (
+        done.stderr
+    )
     defaults = render(helm4)
     assert not defaults.kinds("ServiceMonitor") and not defaults.kinds("NetworkPolicy")
     assert not [
