@@ -52,8 +52,28 @@ class _ConfigProblem(click.ClickException):
     type=click.Path(path_type=Path, dir_okay=False),
     help="Workload API socket; overrides socket_path.",
 )
-def run(config_path: Path | None, join_token: str | None, **overrides: object) -> None:
-    """Run the agent until SIGTERM or Ctrl-C."""
+@flag(
+    "kubeletHost",
+    "kubelet_host",
+    help="The kubelet's address (k8s attestor); overrides workload_attestors.k8s.kubelet_host.",
+)
+@flag(
+    "nodeName",
+    "node_name",
+    help="Name in the kubelet's certificate; overrides workload_attestors.k8s.node_name.",
+)
+def run(
+    config_path: Path | None,
+    join_token: str | None,
+    kubelet_host: str | None,
+    node_name: str | None,
+    **overrides: object,
+) -> None:
+    """Run the agent until SIGTERM or Ctrl-C.
+
+    ``-kubeletHost`` and ``-nodeName`` differ per node, so a DaemonSet passes them from the
+    downward API (``$(HOST_IP)``, ``$(NODE_NAME)``) while every node shares one config file.
+    """
     # Imported here so that the client commands start without loading the agent's engine.
     from herald_agent.agent import AgentError
     from herald_agent.agent import run as run_agent
@@ -62,6 +82,8 @@ def run(config_path: Path | None, join_token: str | None, **overrides: object) -
     from herald_core.health import HealthServerError
 
     overrides["node_attestor.join_token.token"] = join_token
+    overrides["workload_attestors.k8s.kubelet_host"] = kubelet_host
+    overrides["workload_attestors.k8s.node_name"] = node_name
     try:
         config = load_config(config_path, overrides)
     except ConfigError as exc:

@@ -1,10 +1,11 @@
 """herald's CustomResourceDefinitions, read from the Helm chart, and validation against them.
 
-The CRD YAML in ``deploy/helm/herald/crds/`` is the single source of every kind's schema: Helm
-installs it, and this module loads the same files so tests (and tools) can check objects the way
-the API server will, without a cluster. ``load_crds()`` takes the directory; by default it is the
-chart's ``crds/`` folder in the source tree. A wheel does not carry the chart: there, pass the
-``crds/`` folder of the chart you install (``helm pull herald --untar``).
+The CRD YAML in ``deploy/helm/herald/files/crds/`` is the single source of every kind's schema:
+the chart renders it (templates/crds.yaml, so ``helm upgrade`` upgrades the CRDs), and this module
+loads the same files so tests (and tools) can check objects the way the API server will, without
+a cluster. ``load_crds()`` takes the directory; by default it is the chart's ``files/crds/``
+folder in the source tree. A wheel does not carry the chart: there, pass the ``files/crds/``
+folder of the chart you install (``helm pull herald --untar``).
 
 ``validate(kind, obj)`` applies the CRD's ``openAPIV3Schema`` with jsonschema, translating the
 Kubernetes extensions the API server would apply:
@@ -46,7 +47,9 @@ KINDS: Final = (
     "WorkloadEntry",
 )
 # operator/herald_operator/crds.py → the repository root is two folders up.
-SOURCE_CRD_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "herald" / "crds"
+SOURCE_CRD_DIR: Final = (
+    Path(__file__).resolve().parents[2] / "deploy" / "helm" / "herald" / "files" / "crds"
+)
 
 Obj = Mapping[str, Any]
 
@@ -120,8 +123,8 @@ def load_crds(directory: Path | None = None) -> dict[str, Crd]:
 def _load(directory: Path) -> tuple[tuple[str, Crd], ...]:
     if not directory.is_dir():
         raise CrdError(
-            f"no CRD directory at {directory}; pass the herald chart's crds/ folder "
-            "(helm pull herald --untar) to load_crds()"
+            f"no CRD directory at {directory}; pass the herald chart's files/crds/ "
+            "folder (helm pull herald --untar) to load_crds()"
         )
     crds: dict[str, Crd] = {}
     for path in sorted(directory.glob(f"{GROUP}_*.yaml")):

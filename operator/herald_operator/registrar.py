@@ -864,8 +864,11 @@ def build_registry(registrar: Registrar, *, login: LoginFn | None = None) -> kop
     else:
 
         def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-            info = kopf.login_with_service_account(**kwargs)
-            return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
+            # The kubernetes client's own settings: in a pod KUBERNETES_SERVICE_HOST/_PORT and
+            # the ServiceAccount token, as the operator's API client uses, else the kubeconfig.
+            # (Kopf's service-account login dials https://kubernetes.default.svc instead, which
+            # needs cluster DNS and the API's Service on port 443.)
+            return kopf.login_via_client(**kwargs)
 
         kopf.on.login(registry=registry)(default_login)
 

@@ -49,6 +49,12 @@ _CONTROLLERS = (
     "garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
     "pod-garbage-collector-controller",
+    # For the chart's install tests: Deployments and DaemonSets make their ReplicaSets and pods
+    # (which stay Pending: there is no scheduler or kubelet), PodDisruptionBudgets get a status.
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "disruption-controller",
 )
 _SERVING_NAMES = (
     "localhost",

@@ -1,6 +1,7 @@
 """herald's footprint on a test control plane: CRDs once, then one release per test.
 
-`install_crds` applies the chart's ``crds/`` through the API and waits until each is Established.
+`install_crds` applies the chart's CRDs (``files/crds/`` and ``crds/``) through the API and
+waits until each is Established.
 `install_herald` makes what the chart makes for the components to run against the API: the
 namespace, one ServiceAccount per component, the RBAC rendered from files/rbac.yaml, and the Kopf
 peering object; then it requests a token for each ServiceAccount (TokenRequest, as a projected
@@ -20,7 +21,12 @@ from tests.k8s.api import Kube, wait_for
 from tests.k8s.binaries import ROOT
 from tests.k8s.rbac import COMPONENTS, Release, render_rbac
 
-CRD_DIR = ROOT / "deploy" / "helm" / "herald" / "crds"
+CHART_DIR = ROOT / "deploy" / "helm" / "herald"
+CRD_FILES = (
+    *sorted((CHART_DIR / "files" / "crds").glob("*.yaml")),
+    *(CHART_DIR / "crds").glob("*.yaml"),
+)
+"""herald's CRDs (files/crds/, rendered by templates/crds.yaml) and Kopf's (crds/)."""
 TOKEN_SECONDS = 6 * 3600
 
 
@@ -48,7 +54,7 @@ def install_crds(plane: Plane) -> list[str]:
     kube = Kube(plane.admin_kubeconfig)
     try:
         names = []
-        for path in sorted(CRD_DIR.glob("*.yaml")):
+        for path in CRD_FILES:
             for doc in yaml.safe_load_all(path.read_text()):
                 if doc:
                     kube.apply(doc)

@@ -25,12 +25,18 @@ _UPPER_BOUND = re.compile(r"^<(\d+)\.(\d+)\.(\d+)(?:-0)?$")
 
 @dataclass(frozen=True)
 class Release:
-    """What the RBAC of one herald install depends on."""
+    """What the RBAC of one herald install depends on.
+
+    ``name`` is the chart's full name, which prefixes every object's name; ``instance`` the Helm
+    release's name for the ``app.kubernetes.io/instance`` label, when it differs (a release
+    ``prod`` has the full name ``prod-herald``, a release ``herald-x`` keeps its name).
+    """
 
     name: str
     namespace: str
     names: Mapping[str, str]
     kube_version: tuple[int, int, int]
+    instance: str = ""
 
     def service_account(self, component: str) -> str:
         return f"{self.name}-{component}"
@@ -91,7 +97,7 @@ def render_rbac(release: Release, source: Mapping[str, Any] | None = None) -> li
             "namespace": release.namespace,
         }
         labels = {
-            "app.kubernetes.io/instance": release.name,
+            "app.kubernetes.io/instance": release.instance or release.name,
             "app.kubernetes.io/component": component,
         }
         for scope, role_kind in (("cluster", "ClusterRole"), ("namespace", "Role")):

@@ -242,3 +242,36 @@ def test_run_exits_2_naming_the_field_or_flag(tmp_path: Path) -> None:
     result = runner.invoke(main, ["run", "-confg", str(path)])
     assert result.exit_code == 2
     assert "No such option '-confg'. Did you mean '-config'?" in result.output
+
+
+def test_kubelet_host_and_node_name_flags_set_the_k8s_attestor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chart's DaemonSet passes these from the downward API: one config file, per-node values.
+    import herald_agent.agent
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "trust_domain: example.org\nserver_address: h:1\ntrust_bundle_path: b.pem\n"
+        "node_attestor: {k8s_psat: {cluster: c}}\n"
+        "workload_attestors: {k8s: {kubelet_secure_port: 10250}}\n"
+    )
+    seen: list[object] = []
+
+    async def capture(config: object) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(herald_agent.agent, "run", capture)
+    flags = ["-kubeletHost", "10.1.2.3", "-nodeName", "node-a"]
+    result = CliRunner().invoke(main, ["run", "-config", str(path), *flags])
+    assert result.exit_code == 0, result.output
+    k8s = seen[0].workload_attestors.k8s  # type: ignore[attr-defined]
+    assert (k8s.kubelet_host, k8s.node_name, k8s.kubelet_secure_port) == (
+        "10.1.2.3",
+        "node-a",
+        10250,
+    )
+
+    result = CliRunner().invoke(main, ["run", "-config", str(path), "-nodeName", "Node_A"])
+    assert result.exit_code == 2
+    assert "workload_attestors.k8s.node_name" in result.output

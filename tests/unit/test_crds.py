@@ -22,7 +22,7 @@ from herald_server import k8s_entries
 from tests.kube_emulator import RESOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = ROOT / "deploy" / "helm" / "herald" / "crds"
+CRD_DIR = ROOT / "deploy" / "helm" / "herald" / "files" / "crds"
 DOCS = ROOT / "docs" / "crds.md"
 TRUST_DOMAIN = TrustDomain("example.org")
 IDENTITY_KINDS = ("ClusterSPIFFEID", "SPIFFEID")
