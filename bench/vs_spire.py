@@ -291,7 +291,10 @@ class Run:
                 run.close()
                 if done["errors"]:
                     failed = f"{done['errors']} fetches failed against {self.name}"
-                    raise RuntimeError(f"{failed} ({clients} clients): {done['error']}")
+                    raise RuntimeError(
+                        f"{failed} ({clients} clients): {done['error']}\n"
+                        f"{system.agent.log_tail()}"
+                    )
                 rates.append(done["fetches"] / done["seconds"])
                 p50s.append(done["p50_ms"])
                 p99s.append(done["p99_ms"])
