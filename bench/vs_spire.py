@@ -292,8 +292,7 @@ class Run:
                 if done["errors"]:
                     failed = f"{done['errors']} fetches failed against {self.name}"
                     raise RuntimeError(
-                        f"{failed} ({clients} clients): {done['error']}\n"
-                        f"{system.agent.log_tail()}"
+                        f"{failed} ({clients} clients): {done['error']}\n{system.agent.log_tail()}"
                     )
                 rates.append(done["fetches"] / done["seconds"])
                 p50s.append(done["p50_ms"])
